@@ -1,0 +1,1 @@
+"""Conversation memory: the Redis store, recall, summaries and context packing."""

@@ -1,0 +1,333 @@
+"""All Redis access: key names, schema and commands, declared once, here.
+
+Schema (every key of a user shares the `{user}` hash tag, so it lives in one cluster slot):
+
+    memchat:{<user>}:convs                 zset   conversation id -> last update time
+    memchat:{<user>}:conv:<cid>            hash   title, created_at, updated_at, next_seq, settings
+    memchat:{<user>}:conv:<cid>:msgs       hash   seq -> JSON message record
+    memchat:{<user>}:conv:<cid>:vec        vset   seq -> embedding of that message
+    memchat:{<user>}:conv:<cid>:summary    hash   text, version, upto_seq, tokens, updated_at
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from models.errors import BadRequest, NotFound, Unavailable
+
+PREFIX = "memchat"
+DEFAULT_USER = "local"
+TITLE_CHARS = 60
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One stored turn of a conversation."""
+
+    seq: int
+    role: str
+    text: str
+    time: float
+    status: str = "completed"
+    speaker: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The stored form."""
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @staticmethod
+    def from_json(raw: str | bytes) -> Message:
+        """Parse a stored record."""
+        return Message(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A conversation's metadata."""
+
+    id: str
+    title: str
+    created_at: float
+    updated_at: float
+    message_count: int
+    user: str = DEFAULT_USER
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for the API."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The rolling summary of a conversation's older turns."""
+
+    text: str = ""
+    version: int = 0
+    upto_seq: int = 0
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A stored message similar to a query vector."""
+
+    seq: int
+    score: float
+
+
+def check_id(value: str, what: str = "conversation id") -> str:
+    """Reject ids that could escape a key name."""
+    if not _ID_RE.match(value):
+        raise BadRequest("invalid_id", f"{what} must be 1-64 letters, digits, '-' or '_'")
+    return value
+
+
+class Keys:
+    """Every key name memchat uses."""
+
+    def __init__(self, user: str) -> None:
+        self.base = f"{PREFIX}:{{{check_id(user, 'user')}}}"
+
+    def conversations(self) -> str:
+        """Sorted set of the user's conversations."""
+        return f"{self.base}:convs"
+
+    def conversation(self, cid: str) -> str:
+        """Hash of one conversation's metadata."""
+        return f"{self.base}:conv:{check_id(cid)}"
+
+    def messages(self, cid: str) -> str:
+        """Hash of one conversation's messages by seq."""
+        return self.conversation(cid) + ":msgs"
+
+    def vectors(self, cid: str) -> str:
+        """Vector set of one conversation's message embeddings."""
+        return self.conversation(cid) + ":vec"
+
+    def summary(self, cid: str) -> str:
+        """Hash holding one conversation's rolling summary."""
+        return self.conversation(cid) + ":summary"
+
+    def of_conversation(self, cid: str) -> list[str]:
+        """Every key that holds data of one conversation."""
+        return [self.conversation(cid), self.messages(cid), self.vectors(cid), self.summary(cid)]
+
+
+class Store:
+    """Conversations, messages, summaries and vectors in Redis 8."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def check_server(self) -> None:
+        """Fail with a fix when the server cannot hold vector sets (Redis < 8)."""
+        try:
+            await self.redis.execute_command("VCARD", f"{PREFIX}:probe")
+        except ResponseError as e:
+            raise Unavailable(
+                "redis_no_vector_sets",
+                "this Redis server has no vector sets (VADD/VSIM need Redis 8); run redis:8, "
+                "or drop --redis-url to let memchat start its own",
+            ) from e
+
+    async def ping(self) -> bool:
+        """True when Redis answers."""
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def create_conversation(self, user: str, title: str = "") -> Conversation:
+        """Start an empty conversation."""
+        keys, cid, now = Keys(user), uuid.uuid4().hex, time.time()
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.hset(
+                keys.conversation(cid),
+                mapping={"title": title, "created_at": now, "updated_at": now, "next_seq": 0},
+            )
+            tx.zadd(keys.conversations(), {cid: now})
+            await tx.execute()
+        return Conversation(cid, title, now, now, 0, user)
+
+    async def get_conversation(self, user: str, cid: str) -> Conversation:
+        """One conversation's metadata, or NotFound."""
+        raw = await self.redis.hgetall(Keys(user).conversation(cid))
+        if not raw:
+            raise NotFound("conversation_not_found", f"no conversation {cid}")
+        return _conversation(user, cid, raw)
+
+    async def list_conversations(self, user: str, limit: int = 200) -> list[Conversation]:
+        """The user's conversations, most recently updated first."""
+        keys = Keys(user)
+        cids = await self.redis.zrevrange(keys.conversations(), 0, limit - 1)
+        async with self.redis.pipeline(transaction=False) as p:
+            for cid in cids:
+                p.hgetall(keys.conversation(_text(cid)))
+            metas = await p.execute()
+        return [_conversation(user, _text(c), m) for c, m in zip(cids, metas, strict=True) if m]
+
+    async def delete_conversation(self, user: str, cid: str) -> None:
+        """Remove a conversation and everything derived from it."""
+        keys = Keys(user)
+        await self.get_conversation(user, cid)
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.delete(*keys.of_conversation(cid))
+            tx.zrem(keys.conversations(), cid)
+            await tx.execute()
+
+    async def append(
+        self,
+        user: str,
+        cid: str,
+        role: str,
+        text: str,
+        *,
+        status: str = "completed",
+        at: float | None = None,
+        speaker: str = "",
+        meta: dict[str, Any] | None = None,
+    ) -> Message:
+        """Store one message at the end of a conversation and return it with its seq."""
+        return (await self.append_many(user, cid, [(role, text, status, at, speaker, meta or {})]))[0]
+
+    async def append_many(
+        self, user: str, cid: str, rows: Sequence[tuple[str, str, str, float | None, str, dict[str, Any]]]
+    ) -> list[Message]:
+        """Store messages in order, atomically: a reader sees all of them or none."""
+        keys = Keys(user)
+        conv = await self.get_conversation(user, cid)
+        last = await self.redis.hincrby(keys.conversation(cid), "next_seq", len(rows))
+        now = time.time()
+        msgs = [
+            Message(last - len(rows) + i + 1, role, text, at if at is not None else now, status, spk, meta)
+            for i, (role, text, status, at, spk, meta) in enumerate(rows)
+        ]
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.hset(keys.messages(cid), mapping={str(m.seq): m.to_json() for m in msgs})
+            tx.hset(keys.conversation(cid), "updated_at", now)
+            if not conv.title:
+                first_user = next((m.text for m in msgs if m.role == "user"), "")
+                if first_user:
+                    tx.hset(keys.conversation(cid), "title", _title(first_user))
+            tx.zadd(keys.conversations(), {cid: now})
+            await tx.execute()
+        return msgs
+
+    async def last_seq(self, user: str, cid: str) -> int:
+        """The highest seq handed out in a conversation."""
+        raw = await self.redis.hget(Keys(user).conversation(cid), "next_seq")
+        return int(raw or 0)
+
+    async def messages(
+        self, user: str, cid: str, *, start: int = 1, end: int | None = None
+    ) -> list[Message]:
+        """Messages with start <= seq <= end, in order (gaps from crashed writes are skipped)."""
+        end = await self.last_seq(user, cid) if end is None else end
+        if end < start:
+            return []
+        return await self.messages_by_seq(user, cid, range(start, end + 1))
+
+    async def messages_by_seq(self, user: str, cid: str, seqs: Iterable[int]) -> list[Message]:
+        """The messages with these seqs that exist, in the order given."""
+        wanted = [str(s) for s in seqs]
+        if not wanted:
+            return []
+        raw = await self.redis.hmget(Keys(user).messages(cid), wanted)
+        return [Message.from_json(r) for r in raw if r is not None]
+
+    async def add_vectors(
+        self, user: str, cid: str, seqs: Sequence[int], vectors: npt.NDArray[np.float32]
+    ) -> None:
+        """Index message embeddings for recall."""
+        key = Keys(user).vectors(cid)
+        async with self.redis.pipeline(transaction=False) as p:
+            for seq, vec in zip(seqs, vectors, strict=True):
+                p.execute_command("VADD", key, "FP32", _blob(vec), str(seq))
+            await p.execute()
+
+    async def similar(
+        self, user: str, cid: str, vector: npt.NDArray[np.float32], k: int
+    ) -> list[Hit]:
+        """The k stored messages most similar to a vector, best first."""
+        key = Keys(user).vectors(cid)
+        try:
+            raw = await self.redis.execute_command(
+                "VSIM", key, "FP32", _blob(vector), "WITHSCORES", "COUNT", k
+            )
+        except ResponseError:
+            return []  # no vectors yet
+        return _hits(raw)
+
+    async def vector_count(self, user: str, cid: str) -> int:
+        """How many messages of a conversation are indexed."""
+        return int(await self.redis.execute_command("VCARD", Keys(user).vectors(cid)) or 0)
+
+    async def get_summary(self, user: str, cid: str) -> Summary:
+        """The conversation's rolling summary (empty when none was written yet)."""
+        raw = await self.redis.hgetall(Keys(user).summary(cid))
+        if not raw:
+            return Summary()
+        d = {_text(k): _text(v) for k, v in raw.items()}
+        return Summary(d["text"], int(d["version"]), int(d["upto_seq"]), int(d["tokens"]))
+
+    async def put_summary(self, user: str, cid: str, summary: Summary, *, expect_version: int) -> bool:
+        """Replace the summary if nobody replaced it since `expect_version`; True when written."""
+        key = Keys(user).summary(cid)
+        async with self.redis.pipeline(transaction=True) as tx:
+            await tx.watch(key)
+            current = await tx.hget(key, "version")
+            if int(current or 0) != expect_version:
+                await tx.unwatch()
+                return False
+            tx.multi()
+            tx.hset(key, mapping={**asdict(summary), "updated_at": time.time()})
+            try:
+                await tx.execute()
+            except RedisError:
+                return False
+        return True
+
+
+def _conversation(user: str, cid: str, raw: dict[Any, Any]) -> Conversation:
+    d = {_text(k): _text(v) for k, v in raw.items()}
+    return Conversation(
+        id=cid,
+        title=d.get("title", ""),
+        created_at=float(d.get("created_at", 0)),
+        updated_at=float(d.get("updated_at", 0)),
+        message_count=int(d.get("next_seq", 0)),
+        user=user,
+    )
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _title(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1] + "…"
+
+
+def _blob(vector: npt.NDArray[np.float32]) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def _hits(raw: Any) -> list[Hit]:
+    if isinstance(raw, dict):
+        return [Hit(int(_text(k)), float(v)) for k, v in raw.items()]
+    pairs = zip(raw[0::2], raw[1::2], strict=True)
+    return [Hit(int(_text(e)), float(_text(s))) for e, s in pairs]

@@ -1,0 +1,113 @@
+"""The HTTP API: health, conversations and their messages. Errors are JSON bodies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from memory.store import DEFAULT_USER, Message
+from models.errors import BadRequest, MemchatError
+from server.runtime import RUNTIME, Runtime
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the HTTP routes and the JSON error middleware."""
+    app.middlewares.append(_errors)
+    app.router.add_get("/health", health)
+    app.router.add_get("/api/conversations", list_conversations)
+    app.router.add_post("/api/conversations", create_conversation)
+    app.router.add_get("/api/conversations/{cid}", get_conversation)
+    app.router.add_delete("/api/conversations/{cid}", delete_conversation)
+    app.router.add_get("/api/conversations/{cid}/messages", list_messages)
+
+
+def error_body(code: str, message: str, status: int) -> web.Response:
+    """The one shape of every HTTP error."""
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except MemchatError as e:
+        return error_body(e.code, e.message, e.status)
+    except RedisError as e:
+        return error_body("redis_unavailable", f"storage failed ({e}); retry shortly", 503)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_body(f"http_{e.status}", e.reason, e.status)
+
+
+def _runtime(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 when the model, embedder and Redis are ready; 503 with what is not."""
+    rt = _runtime(request)
+    checks = {
+        "model": rt.llm.ready,
+        "embedder": rt.memory.embedder is not None,
+        "redis": await rt.store.ping(),
+    }
+    ok = all(checks.values())
+    return web.json_response({"status": "ok" if ok else "unavailable", **checks}, status=200 if ok else 503)
+
+
+async def list_conversations(request: web.Request) -> web.Response:
+    """The user's conversations, newest first."""
+    convs = await _runtime(request).store.list_conversations(DEFAULT_USER)
+    return web.json_response({"conversations": [c.as_dict() for c in convs]})
+
+
+async def create_conversation(request: web.Request) -> web.Response:
+    """Start an empty conversation, optionally titled."""
+    body = await _json_body(request) if request.can_read_body else {}
+    title = body.get("title", "")
+    if not isinstance(title, str):
+        raise BadRequest("invalid_field", "'title' must be a string")
+    conv = await _runtime(request).store.create_conversation(DEFAULT_USER, title.strip()[:200])
+    return web.json_response(conv.as_dict(), status=201)
+
+
+async def get_conversation(request: web.Request) -> web.Response:
+    """One conversation's metadata."""
+    conv = await _runtime(request).store.get_conversation(DEFAULT_USER, request.match_info["cid"])
+    return web.json_response(conv.as_dict())
+
+
+async def delete_conversation(request: web.Request) -> web.Response:
+    """Remove a conversation, its messages, vectors and summary."""
+    await _runtime(request).store.delete_conversation(DEFAULT_USER, request.match_info["cid"])
+    return web.json_response({"deleted": request.match_info["cid"]})
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    """A conversation's stored messages, in order."""
+    rt, cid = _runtime(request), request.match_info["cid"]
+    await rt.store.get_conversation(DEFAULT_USER, cid)
+    msgs: list[Message] = await rt.store.messages(DEFAULT_USER, cid)
+    return web.json_response({"conversation_id": cid, "messages": [_message(m) for m in msgs]})
+
+
+def _message(m: Message) -> dict[str, Any]:
+    return {"seq": m.seq, "role": m.role, "text": m.text, "time": m.time, "status": m.status,
+            "speaker": m.speaker}
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest("invalid_json", "the request body must be a JSON object") from e
+    if not isinstance(body, dict):
+        raise BadRequest("invalid_json", "the request body must be a JSON object")
+    return body

@@ -1,0 +1,123 @@
+"""The app factory: builds the aiohttp application from settings and injectable parts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+from redis.asyncio import Redis
+from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectionError
+
+from memory.manager import Embedder, MemoryManager
+from memory.store import Store
+from models.errors import Unavailable
+from models.types import ChatModel
+from server import api, ws
+from server.runtime import RUNTIME, Runtime
+from server.redis_process import EmbeddedRedis
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+_REDIS_WAIT_S = 30.0
+
+
+
+
+def create_app(
+    settings: Settings,
+    *,
+    llm: ChatModel | None = None,
+    embedder: Embedder | None = None,
+    redis: Redis | None = None,
+) -> web.Application:
+    """Build the app; parts not given are opened from settings when it starts."""
+    app = web.Application(client_max_size=settings.max_message_chars * 4 + 65536)
+    app.cleanup_ctx.append(_resources(settings, llm, embedder, redis))
+    app.on_shutdown.append(_close_sockets)
+    api.setup_routes(app)
+    app.router.add_get("/ws", ws.handle)
+    app.router.add_get("/", _index)
+    app.router.add_static("/static/", settings.web_dir, name="static")
+    return app
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(request.app[RUNTIME].settings.web_dir / "index.html")
+
+
+def _resources(
+    settings: Settings, llm: ChatModel | None, embedder: Embedder | None, redis: Redis | None
+) -> Any:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        embedded = None
+        client = redis
+        if client is None:
+            url = settings.redis_url
+            if not url:
+                embedded = EmbeddedRedis(settings.data_dir)
+                url = await asyncio.get_running_loop().run_in_executor(None, embedded.start)
+            client = Redis.from_url(url, decode_responses=True)
+        try:
+            store = Store(client)
+            await _wait_for_redis(store)
+            model = llm if llm is not None else _open_llm(settings)
+            rt = Runtime(settings, store, model, MemoryManager(store, model.tokenizer, embedder))
+            if embedder is None:
+                rt.embedder_task = asyncio.create_task(_load_embedder(settings, rt.memory))
+            app[RUNTIME] = rt
+            yield
+            await _drain(rt)
+            if llm is None:
+                await asyncio.get_running_loop().run_in_executor(None, model.close)
+        finally:
+            if redis is None:
+                await client.aclose()
+            if embedded is not None:
+                embedded.stop()
+
+    return ctx
+
+
+async def _wait_for_redis(store: Store) -> None:
+    deadline = asyncio.get_running_loop().time() + _REDIS_WAIT_S
+    while True:
+        try:
+            await store.check_server()
+            return
+        except (BusyLoadingError, RedisConnectionError) as e:
+            if asyncio.get_running_loop().time() > deadline:
+                raise Unavailable("redis_unreachable", f"cannot reach Redis: {e}") from e
+            await asyncio.sleep(0.1)
+
+
+def _open_llm(settings: Settings) -> ChatModel:
+    from models.llama_engine import EngineConfig, LlamaEngine
+    from models.paths import default_chat_model, resolve
+
+    path = resolve(settings.model, default_chat_model())
+    return LlamaEngine(EngineConfig(path, n_ctx=settings.n_ctx, n_threads=settings.n_threads))
+
+
+async def _load_embedder(settings: Settings, memory: MemoryManager) -> Embedder:
+    from models.embedder import SentenceEmbedder
+    from models.paths import default_embedder, resolve
+
+    path = resolve(settings.embedder, default_embedder())
+    loaded = await SentenceEmbedder.load(path)
+    memory.embedder = loaded
+    return loaded
+
+
+async def _drain(rt: Runtime) -> None:
+    if rt.embedder_task is not None:
+        rt.embedder_task.cancel()
+    if rt.background:
+        await asyncio.gather(*rt.background, return_exceptions=True)
+
+
+async def _close_sockets(app: web.Application) -> None:
+    for sock in list(app[RUNTIME].sockets):
+        await sock.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")

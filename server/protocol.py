@@ -1,0 +1,131 @@
+"""The websocket wire protocol: every frame either side sends is defined here.
+
+Frames are JSON objects with a `type` field. The browser client (web/app.js) uses the
+same names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from server.errors import BadRequest
+
+# client -> server
+CHAT_SEND = "chat.send"
+RESPONSE_CANCEL = "response.cancel"
+
+# server -> client
+CONVERSATION_CREATED = "conversation.created"
+RESPONSE_CREATED = "response.created"
+RESPONSE_DELTA = "response.delta"
+RESPONSE_DONE = "response.done"
+CONTEXT = "context"
+ERROR = "error"
+
+Status = Literal["completed", "cancelled", "length", "error", "interrupted"]
+
+
+@dataclass(frozen=True)
+class ChatSend:
+    """Ask for a reply to `text`; no conversation id starts a new conversation."""
+
+    text: str
+    conversation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ResponseCancel:
+    """Stop the reply being generated (the current one when no id is given)."""
+
+    response_id: str | None = None
+
+
+ClientFrame = ChatSend | ResponseCancel
+
+
+def parse_client_frame(raw: str, max_chars: int) -> ClientFrame:
+    """Parse and validate one text frame; raise BadRequest with a precise code otherwise."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise BadRequest("invalid_json", "frames must be JSON objects") from e
+    if not isinstance(data, dict):
+        raise BadRequest("invalid_frame", "frames must be JSON objects with a 'type' field")
+    kind = data.get("type")
+    if kind == CHAT_SEND:
+        text = _field(data, "text", str, required=True)
+        if not text.strip():
+            raise BadRequest("empty_message", "'text' must not be empty")
+        if len(text) > max_chars:
+            raise BadRequest(
+                "message_too_long", f"'text' has {len(text)} characters; the limit is {max_chars}"
+            )
+        return ChatSend(text=text, conversation_id=_field(data, "conversation_id", str))
+    if kind == RESPONSE_CANCEL:
+        return ResponseCancel(response_id=_field(data, "response_id", str))
+    if not isinstance(kind, str):
+        raise BadRequest("invalid_frame", "frames need a string 'type' field")
+    raise BadRequest(
+        "unknown_type", f"unknown frame type {kind!r}; expected {CHAT_SEND} or {RESPONSE_CANCEL}"
+    )
+
+
+def _field(data: dict[str, Any], name: str, kind: type, *, required: bool = False) -> Any:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise BadRequest("missing_field", f"{data.get('type')} needs a '{name}' field")
+        return None
+    if not isinstance(value, kind):
+        raise BadRequest(
+            "invalid_field", f"'{name}' must be a {kind.__name__}, not {type(value).__name__}"
+        )
+    return value
+
+
+def conversation_created(conversation_id: str) -> dict[str, Any]:
+    """A new conversation was started for this socket's send."""
+    return {"type": CONVERSATION_CREATED, "conversation_id": conversation_id}
+
+
+def response_created(response_id: str, conversation_id: str) -> dict[str, Any]:
+    """The user's message is stored; a reply is on its way."""
+    return {"type": RESPONSE_CREATED, "response_id": response_id, "conversation_id": conversation_id}
+
+
+def response_delta(response_id: str, delta: str) -> dict[str, Any]:
+    """A piece of reply text, as generated."""
+    return {"type": RESPONSE_DELTA, "response_id": response_id, "delta": delta}
+
+
+def response_done(
+    response_id: str,
+    status: Status,
+    usage: dict[str, int],
+    timings: dict[str, float],
+    message_seq: int | None = None,
+) -> dict[str, Any]:
+    """The reply ended; `status` says how."""
+    return {
+        "type": RESPONSE_DONE,
+        "response_id": response_id,
+        "status": status,
+        "usage": usage,
+        "timings": timings,
+        "message_seq": message_seq,
+    }
+
+
+def context(response_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    """What the memory manager packed into the prompt for this reply, and why."""
+    return {"type": CONTEXT, "response_id": response_id, "context": record}
+
+
+def error(code: str, message: str, response_id: str | None = None) -> dict[str, Any]:
+    """Something the client sent or asked for failed; the socket stays usable."""
+    frame: dict[str, Any] = {"type": ERROR, "code": code, "message": message}
+    if response_id is not None:
+        frame["response_id"] = response_id
+    return frame

@@ -1,0 +1,95 @@
+"""The websocket endpoint: one socket carries many turns and conversations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from redis.exceptions import RedisError
+
+from models.errors import BadRequest, Busy, MemchatError
+from server import protocol
+from server.runtime import RUNTIME, Runtime
+from server.chat import Reply, new_reply, reply
+
+log = logging.getLogger(__name__)
+_HEARTBEAT_S = 30.0
+
+
+class Session:
+    """One socket's state: at most one reply streams at a time."""
+
+    def __init__(self, rt: Runtime, ws: web.WebSocketResponse) -> None:
+        self.rt = rt
+        self.ws = ws
+        self.current: Reply | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send one frame to this client."""
+        await self.ws.send_json(frame)
+
+    async def on_text(self, raw: str) -> None:
+        """Handle one client text frame."""
+        frame = protocol.parse_client_frame(raw, self.rt.settings.max_message_chars)
+        if isinstance(frame, protocol.ResponseCancel):
+            self.cancel(frame.response_id)
+            return
+        if self.task is not None and not self.task.done():
+            raise Busy("busy", "a reply is still streaming; cancel it or wait for response.done")
+        self.current = new_reply()
+        self.task = asyncio.create_task(self._run(frame, self.current))
+
+    def cancel(self, response_id: str | None) -> None:
+        """Stop the current reply (if the id matches, when one is given)."""
+        if self.current is None or self.task is None or self.task.done():
+            raise BadRequest("nothing_to_cancel", "no reply is streaming")
+        if response_id is not None and response_id != self.current.response_id:
+            raise BadRequest("unknown_response", f"no streaming reply {response_id}")
+        self.current.cancel.set()
+
+    async def _run(self, frame: protocol.ChatSend, current: Reply) -> None:
+        try:
+            await reply(self.rt, frame, self.send, current)
+        except MemchatError as e:
+            await self.error(e.code, e.message, current.response_id)
+        except RedisError as e:
+            await self.error(
+                "redis_unavailable", f"storage failed ({e}); retry when /health is ok",
+                current.response_id,
+            )
+
+    async def error(self, code: str, message: str, response_id: str | None = None) -> None:
+        """Tell the client what went wrong, if it is still there."""
+        if not self.ws.closed:
+            await self.send(protocol.error(code, message, response_id))
+
+    async def close(self) -> None:
+        """The client left: stop generating; the reply is stored as interrupted."""
+        if self.current is not None:
+            self.current.cancel.set()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def handle(request: web.Request) -> web.WebSocketResponse:
+    """Serve one websocket client until it disconnects."""
+    rt = request.app[RUNTIME]
+    ws = web.WebSocketResponse(heartbeat=_HEARTBEAT_S, max_msg_size=rt.settings.max_message_chars * 4 + 4096)
+    await ws.prepare(request)
+    rt.sockets.add(ws)
+    session = Session(rt, ws)
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                try:
+                    await session.on_text(msg.data)
+                except MemchatError as e:
+                    await session.error(e.code, e.message)
+            elif msg.type == WSMsgType.BINARY:
+                await session.error("binary_frame", "send JSON text frames, not binary")
+    finally:
+        await session.close()
+    return ws
