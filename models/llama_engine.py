@@ -43,6 +43,7 @@ class _Job:
     params: SamplingParams
     cancel: CancelToken
     emit: Callable[[Delta | Finished], None]
+    priority: int = PRIORITY_CHAT
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -56,6 +57,8 @@ class LlamaEngine:
         self._jobs: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
         self._order = itertools.count()
         self._ready = threading.Event()
+        self._waiting_lock = threading.Lock()
+        self._chat_waiting = 0
         self._load_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="llama-worker", daemon=True)
         self._thread.start()
@@ -84,7 +87,10 @@ class LlamaEngine:
         *,
         priority: int = PRIORITY_CHAT,
     ) -> AsyncIterator[Delta | Finished]:
-        """Yield reply deltas as they are decoded, then one Finished."""
+        """Yield reply deltas as they are decoded, then one Finished.
+
+        Background jobs stop (finishing "cancelled") as soon as a chat request waits.
+        """
         if not self.ready:
             raise Unavailable("model_loading", "the model is still loading; retry in a moment")
         tokens = self.tokenizer.prompt_tokens(messages)
@@ -99,7 +105,11 @@ class LlamaEngine:
         def emit(item: Delta | Finished) -> None:
             loop.call_soon_threadsafe(out.put_nowait, item)
 
-        self._jobs.put((priority, next(self._order), _Job(tokens, params, cancel, emit)))
+        if priority == PRIORITY_CHAT:
+            with self._waiting_lock:
+                self._chat_waiting += 1
+        job = _Job(tokens, params, cancel, emit, priority)
+        self._jobs.put((priority, next(self._order), job))
         while True:
             item = await out.get()
             yield item
@@ -120,12 +130,21 @@ class LlamaEngine:
             return
         self._ready.set()
         while (job := self._jobs.get()[2]) is not None:
+            if job.priority == PRIORITY_CHAT:
+                with self._waiting_lock:
+                    self._chat_waiting -= 1
             try:
-                job.emit(_generate(llm, job, self.n_ctx))
+                job.emit(_generate(llm, job, self.n_ctx, self._preempted(job)))
             except Exception as e:
                 log.exception("generation failed")
                 job.emit(Finished("error", len(job.tokens), 0, 0, 0.0, 0.0, error=str(e)))
         llm.close()
+
+    def _preempted(self, job: _Job) -> Callable[[], bool]:
+        """Background work gives way as soon as a chat request is waiting."""
+        if job.priority == PRIORITY_CHAT:
+            return lambda: False
+        return lambda: self._chat_waiting > 0
 
     def _open(self) -> Any:
         from llama_cpp import Llama
@@ -139,7 +158,7 @@ class LlamaEngine:
         )
 
 
-def _generate(llm: Any, job: _Job, n_ctx: int) -> Finished:
+def _generate(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) -> Finished:
     """Decode one reply on the worker thread, emitting deltas; return the final accounting."""
     import llama_cpp
 
@@ -162,7 +181,7 @@ def _generate(llm: Any, job: _Job, n_ctx: int) -> Finished:
     )
     try:
         while completion < budget:
-            if job.cancel.is_set():
+            if job.cancel.is_set() or preempted():
                 reason = "cancelled"
                 break
             token = next(tokens)
@@ -180,8 +199,6 @@ def _generate(llm: Any, job: _Job, n_ctx: int) -> Finished:
     tail = decoder.decode(b"", final=True)
     if tail:
         job.emit(Delta(tail))
-    if job.cancel.is_set() and reason != "completed":
-        reason = "cancelled"
     return Finished(
         reason=reason,  # type: ignore[arg-type]
         prompt_tokens=len(job.tokens),

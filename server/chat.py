@@ -26,6 +26,12 @@ class Reply:
 
     response_id: str
     cancel: threading.Event
+    client_gone: bool = False
+
+    def abandon(self) -> None:
+        """The client left: stop generating and remember why."""
+        self.client_gone = True
+        self.cancel.set()
 
 
 async def reply(rt: Runtime, frame: protocol.ChatSend, send: Send, current: Reply) -> None:
@@ -50,18 +56,16 @@ async def reply(rt: Runtime, frame: protocol.ChatSend, send: Send, current: Repl
     params = SamplingParams(max_tokens=settings.reply_tokens, temperature=settings.temperature)
     parts: list[str] = []
     done: Finished | None = None
-    client_gone = False
     async for event in rt.llm.stream(built.messages, params, current.cancel):
         if isinstance(event, Delta):
             parts.append(event.text)
-            client_gone = client_gone or not await _try_send(
-                send, protocol.response_delta(current.response_id, event.text), current
-            )
+            if not current.client_gone:
+                await _try_send(send, protocol.response_delta(current.response_id, event.text), current)
         else:
             done = event
     if done is None:
         raise ModelError("model_error", "the model stopped without finishing the reply")
-    status = "interrupted" if client_gone else done.reason
+    status = "interrupted" if current.client_gone and done.reason == "cancelled" else done.reason
     answer = await rt.memory.record(user, cid, "assistant", "".join(parts), status=status)
     rt.spawn(rt.memory.index(user, cid, [asked, answer]))
     if done.reason == "error":
@@ -79,7 +83,7 @@ async def _try_send(send: Send, frame: dict[str, Any], current: Reply) -> bool:
     try:
         await send(frame)
     except ConnectionError:
-        current.cancel.set()
+        current.abandon()
         return False
     return True
 

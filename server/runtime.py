@@ -30,11 +30,12 @@ class Runtime:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
 
-    def spawn(self, coro: Any) -> None:
-        """Run work after a reply without delaying it; keep a reference until it ends."""
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run work that must finish even if its requester leaves; shutdown waits for it."""
         task = asyncio.create_task(coro)
         self.background.add(task)
         task.add_done_callback(self._finished)
+        return task
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self.background.discard(task)

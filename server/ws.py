@@ -40,7 +40,7 @@ class Session:
         if self.task is not None and not self.task.done():
             raise Busy("busy", "a reply is still streaming; cancel it or wait for response.done")
         self.current = new_reply()
-        self.task = asyncio.create_task(self._run(frame, self.current))
+        self.task = self.rt.spawn(self._run(frame, self.current))
 
     def cancel(self, response_id: str | None) -> None:
         """Stop the current reply (if the id matches, when one is given)."""
@@ -69,9 +69,10 @@ class Session:
     async def close(self) -> None:
         """The client left: stop generating; the reply is stored as interrupted."""
         if self.current is not None:
-            self.current.cancel.set()
+            self.current.abandon()
         if self.task is not None:
-            await asyncio.gather(self.task, return_exceptions=True)
+            # Shielded: aiohttp may cancel this handler, but the reply must still be stored.
+            await asyncio.wait([asyncio.shield(self.task)])
 
 
 async def handle(request: web.Request) -> web.WebSocketResponse:

@@ -1,0 +1,65 @@
+"""Shared fixtures: a real redis-server 8, the real model, embedder and tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from models.embedder import SentenceEmbedder
+from models.llama_engine import EngineConfig, LlamaEngine
+from models.paths import default_chat_model, default_embedder
+from models.tokenizer import GGUFTokenizer
+from server.redis_process import EmbeddedRedis
+from server.settings import Settings
+
+TEST_CTX = 2048
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server 8 for the whole test run."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client on an empty database; emptied again after the test."""
+    client = Redis.from_url(redis_url, decode_responses=True)
+    await client.flushall()
+    yield client
+    await client.flushall()
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[LlamaEngine]:
+    """The real SmolLM2 engine, loaded once."""
+    llm = LlamaEngine(EngineConfig(str(default_chat_model()), n_ctx=TEST_CTX, n_threads=2))
+    yield llm
+    llm.close()
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Iterator[SentenceEmbedder]:
+    """The real all-MiniLM-L6-v2 embedder, loaded once."""
+    model = SentenceEmbedder(str(default_embedder()))
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> GGUFTokenizer:
+    """The real SmolLM2 tokenizer and chat template."""
+    return GGUFTokenizer(str(default_chat_model()))
+
+
+@pytest.fixture
+def settings(redis_url: str, tmp_path: Path) -> Settings:
+    """Settings for an app on the shared test Redis."""
+    return Settings(redis_url=redis_url, data_dir=tmp_path, n_ctx=TEST_CTX, reply_tokens=64)

@@ -1,0 +1,110 @@
+"""Fakes for fast unit tests: a recording chat model, a word tokenizer, a text-dependent embedder."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import AsyncIterator
+
+import numpy as np
+import numpy.typing as npt
+
+from models.types import CancelToken, ChatMessage, Delta, Finished, SamplingParams
+
+WORD = re.compile(r"\w+|[^\w\s]")
+PER_MESSAGE = 4  # like ChatML: role markers and separators
+GENERATION_PROMPT = 3
+
+
+class FakeTokenizer:
+    """One token per word or punctuation mark, plus fixed per-message overhead."""
+
+    def message_cost(self, message: ChatMessage) -> int:
+        """Tokens one message adds."""
+        return PER_MESSAGE + len(WORD.findall(message.content))
+
+    def count(self, messages: list[ChatMessage], *, add_generation_prompt: bool = True) -> int:
+        """Tokens of the whole prompt."""
+        extra = GENERATION_PROMPT if add_generation_prompt else 0
+        return sum(self.message_cost(m) for m in messages) + extra
+
+
+class FakeLLM:
+    """Replies with enqueued texts word by word and records every prompt it was given."""
+
+    def __init__(self, n_ctx: int = 2048) -> None:
+        self.tokenizer = FakeTokenizer()
+        self.n_ctx = n_ctx
+        self.history: list[list[ChatMessage]] = []
+        self.replies: list[str] = []
+        self.permits: asyncio.Semaphore | None = None  # when set, each token takes one permit
+        self.is_ready = True
+        self.closed = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether the fake accepts work."""
+        return self.is_ready
+
+    def hold(self, tokens: int) -> None:
+        """Let only this many tokens out until allow() is called."""
+        self.permits = asyncio.Semaphore(tokens)
+
+    def allow(self, tokens: int) -> None:
+        """Let more tokens out."""
+        assert self.permits is not None
+        for _ in range(tokens):
+            self.permits.release()
+
+    def enqueue(self, replies: list[str]) -> None:
+        """Replies to give, in order (then 'ok')."""
+        self.replies.extend(replies)
+
+    async def stream(
+        self, messages: list[ChatMessage], params: SamplingParams, cancel: CancelToken
+    ) -> AsyncIterator[Delta | Finished]:
+        """Yield the next enqueued reply a word at a time."""
+        self.history.append(list(messages))
+        text = self.replies.pop(0) if self.replies else "ok"
+        words = text.split(" ")
+        sent = 0
+        reason = "completed"
+        for i, word in enumerate(words):
+            if self.permits is not None:
+                await self.permits.acquire()
+            if cancel.is_set():
+                reason = "cancelled"
+                break
+            if sent >= params.max_tokens:
+                reason = "length"
+                break
+            yield Delta(word if i == 0 else " " + word)
+            sent += 1
+            await asyncio.sleep(0)
+        yield Finished(reason, self.tokenizer.count(messages), sent, 0, 1.0, 100.0)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Record that the owner released it."""
+        self.closed = True
+
+
+class FakeEmbedder:
+    """Hashed bag of words: texts sharing words have similar vectors."""
+
+    dim = 64
+
+    async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """One normalized vector per text."""
+        return self.embed_sync(texts)
+
+    def embed_sync(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """Same, without a loop."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in WORD.findall(text.lower()):
+                digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
+                out[row, int.from_bytes(digest, "little") % self.dim] += 1.0
+            norm = np.linalg.norm(out[row])
+            out[row] = out[row] / norm if norm else out[row]
+        return out
