@@ -29,7 +29,9 @@ class SentenceEmbedder:
 
         torch.set_num_threads(threads)
         self._model: Any = SentenceTransformer(model_dir, device="cpu")
-        self.dim: int = int(self._model.get_sentence_embedding_dimension())
+        dimension: Any = getattr(self._model, "get_embedding_dimension", None)
+        dimension = dimension or self._model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
         # One thread: the model is never used from two threads at once.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
 

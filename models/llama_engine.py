@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.errors import BadRequest, ModelError, Unavailable
+from models.errors import BadRequest, Unavailable
 from models.tokenizer import GGUFTokenizer
 from models.types import CancelToken, ChatMessage, Delta, Finished, SamplingParams
 
@@ -185,7 +185,7 @@ def _generate(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) ->
                 reason = "cancelled"
                 break
             token = next(tokens)
-            if llama_cpp.llama_token_is_eog(llm._model.vocab, token):
+            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
                 reason = "completed"
                 break
             completion += 1

@@ -56,10 +56,14 @@ class GGUFTokenizer:
         meta: dict[str, Any] = self._vocab.metadata
         bos = self.piece(self._vocab.token_bos())
         eos = self.piece(self._vocab.token_eos())
-        self.template = ChatTemplate(meta.get("tokenizer.chat_template") or CHATML_TEMPLATE, bos, eos)
+        self.template = ChatTemplate(
+            meta.get("tokenizer.chat_template") or CHATML_TEMPLATE, bos, eos
+        )
         self._lock = threading.Lock()
         self._costs: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._probe_base = len(self.encode(self.template.render([_PROBE_SYSTEM], add_generation_prompt=False)))
+        self._probe_base = len(
+            self.encode(self.template.render([_PROBE_SYSTEM], add_generation_prompt=False))
+        )
 
     def piece(self, token: int) -> str:
         """The text of one token (special tokens included)."""
@@ -80,7 +84,9 @@ class GGUFTokenizer:
         self, messages: list[ChatMessage], *, add_generation_prompt: bool = True
     ) -> list[int]:
         """The exact tokens the model is fed for these messages."""
-        return self.encode(self.template.render(messages, add_generation_prompt=add_generation_prompt))
+        return self.encode(
+            self.template.render(messages, add_generation_prompt=add_generation_prompt)
+        )
 
     def count(self, messages: list[ChatMessage], *, add_generation_prompt: bool = True) -> int:
         """Tokens of the whole prompt these messages render to."""

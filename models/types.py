@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 Role = Literal["system", "user", "assistant"]
@@ -74,8 +74,15 @@ class CancelToken(Protocol):
 class ChatModel(Protocol):
     """The narrow contract a generation backend implements."""
 
-    tokenizer: Tokenizer
-    n_ctx: int
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """Exact counts for this model's prompts."""
+        ...
+
+    @property
+    def n_ctx(self) -> int:
+        """The context window in tokens."""
+        ...
 
     @property
     def ready(self) -> bool:

@@ -59,7 +59,9 @@ async def health(request: web.Request) -> web.Response:
         "redis": await rt.store.ping(),
     }
     ok = all(checks.values())
-    return web.json_response({"status": "ok" if ok else "unavailable", **checks}, status=200 if ok else 503)
+    return web.json_response(
+        {"status": "ok" if ok else "unavailable", **checks}, status=200 if ok else 503
+    )
 
 
 async def list_conversations(request: web.Request) -> web.Response:
@@ -99,8 +101,14 @@ async def list_messages(request: web.Request) -> web.Response:
 
 
 def _message(m: Message) -> dict[str, Any]:
-    return {"seq": m.seq, "role": m.role, "text": m.text, "time": m.time, "status": m.status,
-            "speaker": m.speaker}
+    return {
+        "seq": m.seq,
+        "role": m.role,
+        "text": m.text,
+        "time": m.time,
+        "status": m.status,
+        "speaker": m.speaker,
+    }
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

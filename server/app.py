@@ -9,21 +9,20 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 from redis.asyncio import Redis
-from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectionError
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from memory.manager import Embedder, MemoryManager
 from memory.store import Store
 from models.errors import Unavailable
 from models.types import ChatModel
 from server import api, ws
-from server.runtime import RUNTIME, Runtime
 from server.redis_process import EmbeddedRedis
+from server.runtime import RUNTIME, Runtime
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 _REDIS_WAIT_S = 30.0
-
-
 
 
 def create_app(
@@ -58,7 +57,7 @@ def _resources(
             url = settings.redis_url
             if not url:
                 embedded = EmbeddedRedis(settings.data_dir)
-                url = await asyncio.get_running_loop().run_in_executor(None, embedded.start)
+                url = embedded.start()  # forks: done on the loop thread, before workers start
             client = Redis.from_url(url, decode_responses=True)
         try:
             store = Store(client)

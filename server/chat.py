@@ -1,4 +1,4 @@
-"""One reply, end to end: frame -> memory.build_context -> model.stream -> memory.record -> client."""
+"""One reply, end to end: frame -> build_context -> model.stream -> record -> client."""
 
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ async def reply(rt: Runtime, frame: protocol.ChatSend, send: Send, current: Repl
     asked = await rt.memory.record(user, cid, "user", frame.text)
     await send(protocol.response_created(current.response_id, cid))
     settings = rt.settings
-    budget = rt.memory.budget(rt.llm.n_ctx, settings.reply_tokens, settings.system_prompt, frame.text)
+    budget = rt.memory.budget(
+        rt.llm.n_ctx, settings.reply_tokens, settings.system_prompt, frame.text
+    )
     built = await rt.memory.build_context(
         user, cid, frame.text, budget.history, settings.system_prompt, before=asked.seq
     )
@@ -60,7 +62,9 @@ async def reply(rt: Runtime, frame: protocol.ChatSend, send: Send, current: Repl
         if isinstance(event, Delta):
             parts.append(event.text)
             if not current.client_gone:
-                await _try_send(send, protocol.response_delta(current.response_id, event.text), current)
+                await _try_send(
+                    send, protocol.response_delta(current.response_id, event.text), current
+                )
         else:
             done = event
     if done is None:

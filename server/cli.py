@@ -8,17 +8,22 @@ import sys
 
 from aiohttp import web
 
+from models.errors import MemchatError
 from server import settings as settings_mod
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `memchat` console script."""
-    parser = argparse.ArgumentParser(prog="memchat", description="Chat server with long-term memory")
+    parser = argparse.ArgumentParser(
+        prog="memchat", description="Chat server with long-term memory"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the chat server")
     settings_mod.add_arguments(serve)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.command == "serve":
         return _serve(args)
     parser.error(f"unknown command {args.command}")
@@ -30,7 +35,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = settings_mod.load(args)
     print(f"memchat: serving on http://{settings.host}:{settings.port}", file=sys.stderr)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    try:
+        web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    except MemchatError as e:
+        print(f"memchat: {e.message}", file=sys.stderr)
+        return 1
     return 0
 
 

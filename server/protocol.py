@@ -92,7 +92,11 @@ def conversation_created(conversation_id: str) -> dict[str, Any]:
 
 def response_created(response_id: str, conversation_id: str) -> dict[str, Any]:
     """The user's message is stored; a reply is on its way."""
-    return {"type": RESPONSE_CREATED, "response_id": response_id, "conversation_id": conversation_id}
+    return {
+        "type": RESPONSE_CREATED,
+        "response_id": response_id,
+        "conversation_id": conversation_id,
+    }
 
 
 def response_delta(response_id: str, delta: str) -> dict[str, Any]:

@@ -78,7 +78,7 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
-        self._proc = subprocess.Popen(args, preexec_fn=_die_with_parent)
+        self._proc = subprocess.Popen(args, preexec_fn=_die_with_parent)  # noqa: PLW1509
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not self.socket.exists():
             if self._proc.poll() is not None or time.monotonic() > deadline:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 ENV_PREFIX = "MEMCHAT_"
 
@@ -30,6 +31,7 @@ class Settings:
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
 
 
+_DEFAULTS = Settings()
 _HELP = {
     "host": "address to listen on",
     "port": "port to listen on",
@@ -59,21 +61,26 @@ def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None =
     """Build settings: CLI flag, else environment variable, else default."""
     env = os.environ if env is None else env
     given = vars(args) if args is not None else {}
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for f in fields(Settings):
         raw = given.get(f.name)
         if raw is None:
             raw = env.get(ENV_PREFIX + f.name.upper())
         if raw is None:
             continue
-        values[f.name] = _convert(f.name, str(raw), type(getattr(Settings(), f.name)))
-    return Settings(**values)  # type: ignore[arg-type]
+        values[f.name] = _convert(f.name, str(raw), getattr(_DEFAULTS, f.name))
+    return replace(_DEFAULTS, **values)
 
 
-def _convert(name: str, raw: str, kind: type) -> object:
+def _convert(name: str, raw: str, default: object) -> object:
+    kind = type(default)
     try:
-        if issubclass(kind, Path):
+        if isinstance(default, Path):
             return Path(raw)
-        return kind(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        return raw
     except ValueError as e:
         raise SystemExit(f"memchat: setting {name}={raw!r} is not a valid {kind.__name__}") from e

@@ -11,8 +11,8 @@ from redis.exceptions import RedisError
 
 from models.errors import BadRequest, Busy, MemchatError
 from server import protocol
-from server.runtime import RUNTIME, Runtime
 from server.chat import Reply, new_reply, reply
+from server.runtime import RUNTIME, Runtime
 
 log = logging.getLogger(__name__)
 _HEARTBEAT_S = 30.0
@@ -57,7 +57,8 @@ class Session:
             await self.error(e.code, e.message, current.response_id)
         except RedisError as e:
             await self.error(
-                "redis_unavailable", f"storage failed ({e}); retry when /health is ok",
+                "redis_unavailable",
+                f"storage failed ({e}); retry when /health is ok",
                 current.response_id,
             )
 
@@ -78,7 +79,9 @@ class Session:
 async def handle(request: web.Request) -> web.WebSocketResponse:
     """Serve one websocket client until it disconnects."""
     rt = request.app[RUNTIME]
-    ws = web.WebSocketResponse(heartbeat=_HEARTBEAT_S, max_msg_size=rt.settings.max_message_chars * 4 + 4096)
+    ws = web.WebSocketResponse(
+        heartbeat=_HEARTBEAT_S, max_msg_size=rt.settings.max_message_chars * 4 + 4096
+    )
     await ws.prepare(request)
     rt.sockets.add(ws)
     session = Session(rt, ws)

@@ -1,4 +1,4 @@
-"""Fakes for fast unit tests: a recording chat model, a word tokenizer, a text-dependent embedder."""
+"""Fakes for unit tests: a recording chat model, a word tokenizer, a text-dependent embedder."""
 
 from __future__ import annotations
 

@@ -24,7 +24,9 @@ def llm() -> FakeLLM:
 
 
 @pytest.fixture
-async def client(aiohttp_client: MakeClient, settings: Settings, llm: FakeLLM, redis: Redis) -> Client:
+async def client(
+    aiohttp_client: MakeClient, settings: Settings, llm: FakeLLM, redis: Redis
+) -> Client:
     return await aiohttp_client(create_app(settings, llm=llm, embedder=FakeEmbedder()))
 
 
@@ -41,7 +43,9 @@ async def test_create_list_and_read_conversations(client: Client) -> None:
     assert msgs["messages"] == []
 
 
-async def test_conversations_are_listed_newest_first_and_titled_by_first_message(client: Client) -> None:
+async def test_conversations_are_listed_newest_first_and_titled_by_first_message(
+    client: Client,
+) -> None:
     async with client.ws_connect("/ws") as ws:
         a = (await chat(ws, "First conversation about boats")).conversation_id
         b = (await chat(ws, "Second one")).conversation_id

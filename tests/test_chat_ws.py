@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,7 +25,9 @@ def llm() -> FakeLLM:
 
 
 @pytest.fixture
-async def client(aiohttp_client: MakeClient, settings: Settings, llm: FakeLLM, redis: Redis) -> Client:
+async def client(
+    aiohttp_client: MakeClient, settings: Settings, llm: FakeLLM, redis: Redis
+) -> Client:
     return await aiohttp_client(create_app(settings, llm=llm, embedder=FakeEmbedder()))
 
 
@@ -46,20 +47,29 @@ async def test_three_turns_stream_and_persist_with_history_in_the_prompt(
         second = await chat(ws, "I love kayaks", cid)
         third = await chat(ws, "What do I love?", cid)
     assert [first.text, second.text, third.text] == [
-        "Nice to meet you Ana", "You said kayaks", "Goodbye Ana",
+        "Nice to meet you Ana",
+        "You said kayaks",
+        "Goodbye Ana",
     ]
     assert len(third.of("response.delta")) == 2
     assert third.one("response.done")["status"] == "completed"
     assert third.conversation_id == cid
     last_prompt = [m.content for m in llm.history[-1]]
     assert last_prompt[1:] == [
-        "Hi, I am Ana", "Nice to meet you Ana", "I love kayaks", "You said kayaks", "What do I love?",
+        "Hi, I am Ana",
+        "Nice to meet you Ana",
+        "I love kayaks",
+        "You said kayaks",
+        "What do I love?",
     ]
     stored = await _messages(client, cid)
     assert [(m["role"], m["text"]) for m in stored] == [
-        ("user", "Hi, I am Ana"), ("assistant", "Nice to meet you Ana"),
-        ("user", "I love kayaks"), ("assistant", "You said kayaks"),
-        ("user", "What do I love?"), ("assistant", "Goodbye Ana"),
+        ("user", "Hi, I am Ana"),
+        ("assistant", "Nice to meet you Ana"),
+        ("user", "I love kayaks"),
+        ("assistant", "You said kayaks"),
+        ("user", "What do I love?"),
+        ("assistant", "Goodbye Ana"),
     ]
     assert all(m["time"] > 0 for m in stored)
 
@@ -81,7 +91,9 @@ async def _until(ws: Any, kind: str) -> dict[str, Any]:
     return frame
 
 
-async def test_cancel_stops_the_reply_and_keeps_the_partial_text(client: Client, llm: FakeLLM) -> None:
+async def test_cancel_stops_the_reply_and_keeps_the_partial_text(
+    client: Client, llm: FakeLLM
+) -> None:
     llm.enqueue(["one two three four five six"])
     llm.hold(1)
     async with client.ws_connect("/ws") as ws:
@@ -124,13 +136,17 @@ BAD_FRAMES = [
     ('{"type": "chat.send", "text": 42}', "invalid_field"),
     (json.dumps({"type": "chat.send", "text": "x" * 20_000}), "message_too_long"),
     ('{"type": "response.cancel"}', "nothing_to_cancel"),
-    ('{"type": "chat.send", "text": "hi", "conversation_id": "no-such-conversation"}',
-     "conversation_not_found"),
+    (
+        '{"type": "chat.send", "text": "hi", "conversation_id": "no-such-conversation"}',
+        "conversation_not_found",
+    ),
     ('{"type": "chat.send", "text": "hi", "conversation_id": "../../etc"}', "invalid_id"),
 ]
 
 
-async def test_every_bad_frame_gets_an_error_and_stores_nothing(client: Client, redis: Redis) -> None:
+async def test_every_bad_frame_gets_an_error_and_stores_nothing(
+    client: Client, redis: Redis
+) -> None:
     async with client.ws_connect("/ws") as ws:
         for raw, code in BAD_FRAMES:
             await ws.send_str(raw)
@@ -156,7 +172,9 @@ async def test_a_second_send_while_streaming_is_refused(client: Client, llm: Fak
             frames.append(await ws.receive_json())
         llm.allow(10)
         done = await collect(ws)
-        cid = next(f for f in frames + done.frames if f["type"] == "response.created")["conversation_id"]
+        cid = next(f for f in frames + done.frames if f["type"] == "response.created")[
+            "conversation_id"
+        ]
     stored = await _messages(client, cid)
     assert [m["text"] for m in stored] == ["first", "slow reply here"]
 
@@ -171,7 +189,9 @@ async def test_one_socket_carries_several_conversations(client: Client) -> None:
     assert [m["text"] for m in await _messages(client, b)] == ["in b", "ok"]
 
 
-async def test_model_still_loading_is_a_clear_error(client: Client, llm: FakeLLM, redis: Redis) -> None:
+async def test_model_still_loading_is_a_clear_error(
+    client: Client, llm: FakeLLM, redis: Redis
+) -> None:
     llm.is_ready = False
     async with client.ws_connect("/ws") as ws:
         ex = await chat(ws, "hello?")

@@ -48,5 +48,7 @@ def test_bad_frames_raise_precise_codes(raw: str, code: str) -> None:
 
 
 def test_text_at_the_limit_is_accepted() -> None:
-    frame = protocol.parse_client_frame(json.dumps({"type": "chat.send", "text": "x" * LIMIT}), LIMIT)
+    frame = protocol.parse_client_frame(
+        json.dumps({"type": "chat.send", "text": "x" * LIMIT}), LIMIT
+    )
     assert isinstance(frame, protocol.ChatSend)

@@ -32,10 +32,27 @@ def test_environment_overrides_defaults_and_flags_override_environment() -> None
 
 def test_every_documented_option_is_a_flag() -> None:
     args = _parse(
-        ["--host", "h", "--port", "1", "--model", "m.gguf", "--redis-url", "redis://x", "--data-dir", "d"]
+        [
+            "--host",
+            "h",
+            "--port",
+            "1",
+            "--model",
+            "m.gguf",
+            "--redis-url",
+            "redis://x",
+            "--data-dir",
+            "d",
+        ]
     )
     s = settings.load(args, env={})
-    assert (s.host, s.port, s.model, s.redis_url, s.data_dir) == ("h", 1, "m.gguf", "redis://x", Path("d"))
+    assert (s.host, s.port, s.model, s.redis_url, s.data_dir) == (
+        "h",
+        1,
+        "m.gguf",
+        "redis://x",
+        Path("d"),
+    )
 
 
 def test_a_bad_number_says_which_setting() -> None:

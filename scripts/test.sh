@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install memchat with its test needs into .venv, then run the linters and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/venv.sh
+install_project '.[test]'
+.venv/bin/ruff check server memory models tests
+.venv/bin/mypy
+.venv/bin/pytest "$@"
