@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,3 +70,50 @@ def pack_ranked(ranked: Sequence[Scored], budget: int, exclude: frozenset[int]) 
 def total_cost(turns: Sequence[Turn]) -> int:
     """Sum of the turns' prompt costs."""
     return sum(t.cost for t in turns)
+
+
+@dataclass(frozen=True)
+class Line:
+    """A recalled turn as one line of the memory block, with its exact-in-isolation cost."""
+
+    seq: int
+    day: str  # the date heading it is grouped under
+    text: str
+    cost: int  # tokens of the line and its newline
+    score: float
+
+
+def pack_lines(
+    ranked: Sequence[Line], budget: int, exclude: frozenset[int], day_costs: Mapping[str, int]
+) -> list[Line]:
+    """Best-ranked lines that fit, charging each date heading once; returned in seq order."""
+    taken: list[Line] = []
+    days: set[str] = set()
+    seen = set(exclude)
+    used = 0
+    for line in ranked:
+        cost = line.cost + (0 if line.day in days else day_costs[line.day])
+        if line.seq in seen or used + cost > budget:
+            continue
+        taken.append(line)
+        seen.add(line.seq)
+        days.add(line.day)
+        used += cost
+    return sorted(taken, key=lambda x: x.seq)
+
+
+def render_lines(lines: Sequence[Line]) -> str:
+    """Lines in seq order under a `[date]` heading each time the date changes."""
+    out: list[str] = []
+    day = None
+    for line in lines:
+        if line.day != day:
+            out.append(f"[{line.day}]")
+            day = line.day
+        out.append(line.text)
+    return "\n".join(out)
+
+
+def recent_budget(budget: int, share: float) -> int:
+    """Tokens the recent window may use when the whole conversation does not fit."""
+    return int(budget * share)

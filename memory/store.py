@@ -201,10 +201,15 @@ class Store:
         meta: dict[str, Any] | None = None,
     ) -> Message:
         """Store one message at the end of a conversation and return it with its seq."""
-        return (await self.append_many(user, cid, [(role, text, status, at, speaker, meta or {})]))[0]
+        return (await self.append_many(user, cid, [(role, text, status, at, speaker, meta or {})]))[
+            0
+        ]
 
     async def append_many(
-        self, user: str, cid: str, rows: Sequence[tuple[str, str, str, float | None, str, dict[str, Any]]]
+        self,
+        user: str,
+        cid: str,
+        rows: Sequence[tuple[str, str, str, float | None, str, dict[str, Any]]],
     ) -> list[Message]:
         """Store messages in order, atomically: a reader sees all of them or none."""
         keys = Keys(user)
@@ -212,7 +217,15 @@ class Store:
         last = await self.redis.hincrby(keys.conversation(cid), "next_seq", len(rows))
         now = time.time()
         msgs = [
-            Message(last - len(rows) + i + 1, role, text, at if at is not None else now, status, spk, meta)
+            Message(
+                last - len(rows) + i + 1,
+                role,
+                text,
+                at if at is not None else now,
+                status,
+                spk,
+                meta,
+            )
             for i, (role, text, status, at, spk, meta) in enumerate(rows)
         ]
         async with self.redis.pipeline(transaction=True) as tx:
@@ -283,7 +296,9 @@ class Store:
         d = {_text(k): _text(v) for k, v in raw.items()}
         return Summary(d["text"], int(d["version"]), int(d["upto_seq"]), int(d["tokens"]))
 
-    async def put_summary(self, user: str, cid: str, summary: Summary, *, expect_version: int) -> bool:
+    async def put_summary(
+        self, user: str, cid: str, summary: Summary, *, expect_version: int
+    ) -> bool:
         """Replace the summary if nobody replaced it since `expect_version`; True when written."""
         key = Keys(user).summary(cid)
         async with self.redis.pipeline(transaction=True) as tx:

@@ -9,6 +9,7 @@ import sys
 from aiohttp import web
 
 from models.errors import MemchatError
+from server import cli_memory
 from server import settings as settings_mod
 
 
@@ -20,12 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the chat server")
     settings_mod.add_arguments(serve)
+    cli_memory.add_commands(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "serve":
         return _serve(args)
+    if args.command in ("import", "eval"):
+        return cli_memory.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,0 +1,45 @@
+"""How stored turns, dates and the memory block read inside a prompt."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from memory.store import Message
+from models.types import ChatMessage
+
+SECONDS_PER_DAY = 86_400
+RECALL_HEADER = "Recalled turns from earlier in this conversation (by date):"
+SUMMARY_HEADER = "Summary of the conversation so far:"
+
+
+def line_text(message: Message) -> str:
+    """A turn as one line: `speaker: text`."""
+    return f"{message.speaker}: {message.text}" if message.speaker else message.text
+
+
+def as_chat(message: Message) -> ChatMessage:
+    """A turn as a chat message of the prompt."""
+    if message.role == "assistant":
+        return ChatMessage("assistant", line_text(message))
+    return ChatMessage("user", line_text(message))
+
+
+def day_number(at: float) -> int:
+    """The UTC calendar day of a timestamp, as a number: turns of one day form a session."""
+    return int(at // SECONDS_PER_DAY)
+
+
+def day_label(at: float) -> str:
+    """A compact date heading, e.g. `8 May 2023`."""
+    d = datetime.fromtimestamp(at, tz=UTC)
+    return f"{d.day} {d:%B %Y}"
+
+
+def memory_text(summary: str, recalled: str) -> str:
+    """The memory message: the summary, then the recalled turns, each under its header."""
+    parts = []
+    if summary:
+        parts.append(f"{SUMMARY_HEADER}\n{summary}")
+    if recalled:
+        parts.append(f"{RECALL_HEADER}\n{recalled}")
+    return "\n\n".join(parts)
