@@ -14,9 +14,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from models.errors import BadRequest, Unavailable
+from models.kv_cache import KVCache, KVSnapshot
 from models.tokenizer import GGUFTokenizer
 from models.types import CancelToken, ChatMessage, Delta, Finished, SamplingParams
 
@@ -29,12 +33,15 @@ _N_BATCH = 512
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How to open the GGUF model."""
+    """How to open the GGUF model, and how much KV state to keep per conversation."""
 
     model_path: str
     n_ctx: int = 4096
     n_threads: int = 0
     n_batch: int = _N_BATCH
+    kv_ram_mb: int = 1024
+    kv_disk_mb: int = 4096
+    kv_dir: Path | None = None
 
 
 @dataclass
@@ -44,6 +51,7 @@ class _Job:
     cancel: CancelToken
     emit: Callable[[Delta | Finished], None]
     priority: int = PRIORITY_CHAT
+    cache_key: str | None = None
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -60,6 +68,10 @@ class LlamaEngine:
         self._waiting_lock = threading.Lock()
         self._chat_waiting = 0
         self._load_error: BaseException | None = None
+        self.kv = KVCache(
+            config.kv_ram_mb << 20, config.kv_dir, config.kv_disk_mb << 20 if config.kv_dir else 0
+        )
+        self._active_key: str | None = None
         self._thread = threading.Thread(target=self._run, name="llama-worker", daemon=True)
         self._thread.start()
 
@@ -86,10 +98,12 @@ class LlamaEngine:
         cancel: CancelToken,
         *,
         priority: int = PRIORITY_CHAT,
+        cache_key: str | None = None,
     ) -> AsyncIterator[Delta | Finished]:
         """Yield reply deltas as they are decoded, then one Finished.
 
-        Background jobs stop (finishing "cancelled") as soon as a chat request waits.
+        `cache_key` (a conversation id) lets the engine keep that conversation's KV state
+        between turns. Background jobs stop ("cancelled") as soon as a chat request waits.
         """
         if not self.ready:
             raise Unavailable("model_loading", "the model is still loading; retry in a moment")
@@ -108,7 +122,7 @@ class LlamaEngine:
         if priority == PRIORITY_CHAT:
             with self._waiting_lock:
                 self._chat_waiting += 1
-        job = _Job(tokens, params, cancel, emit, priority)
+        job = _Job(tokens, params, cancel, emit, priority, cache_key)
         self._jobs.put((priority, next(self._order), job))
         while True:
             item = await out.get()
@@ -134,11 +148,24 @@ class LlamaEngine:
                 with self._waiting_lock:
                     self._chat_waiting -= 1
             try:
+                self._switch(llm, job)
                 job.emit(_generate(llm, job, self.n_ctx, self._preempted(job)))
             except Exception as e:
                 log.exception("generation failed")
                 job.emit(Finished("error", len(job.tokens), 0, 0, 0.0, 0.0, error=str(e)))
         llm.close()
+
+    def _switch(self, llm: Any, job: _Job) -> None:
+        """Park the active conversation's KV state and bring back the job's, if that helps."""
+        if job.cache_key == self._active_key:
+            return
+        if self._active_key is not None and llm.n_tokens > 0:
+            self.kv.put(self._active_key, _snapshot(llm))
+        self._active_key = job.cache_key
+        snap = self.kv.take(job.cache_key) if job.cache_key is not None else None
+        current = _common_prefix(list(llm._input_ids), job.tokens)
+        if snap is not None and _common_prefix(snap.tokens.tolist(), job.tokens) > current:
+            _restore(llm, snap)
 
     def _preempted(self, job: _Job) -> Callable[[], bool]:
         """Background work gives way as soon as a chat request is waiting."""
@@ -163,7 +190,8 @@ def _generate(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) ->
     import llama_cpp
 
     params = job.params
-    cached = _common_prefix(list(llm._input_ids), job.tokens)
+    # llama.cpp re-evaluates at least the last prompt token to get fresh logits.
+    cached = min(_common_prefix(list(llm._input_ids), job.tokens), len(job.tokens) - 1)
     budget = min(params.max_tokens, n_ctx - len(job.tokens))
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     completion = 0
@@ -207,6 +235,33 @@ def _generate(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) ->
         ttft_ms=(first - job.submitted) * 1000 if first else 0.0,
         tokens_per_s=(completion - 1) / (last - first) if completion > 1 and last > first else 0.0,
     )
+
+
+def _snapshot(llm: Any) -> KVSnapshot:
+    import ctypes
+
+    import llama_cpp
+
+    size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
+    buf = (ctypes.c_uint8 * size)()
+    written = llama_cpp.llama_state_seq_get_data(llm.ctx, buf, size, 0)
+    tokens = np.asarray(llm._input_ids, dtype=np.int32).copy()
+    return KVSnapshot(tokens, bytes(buf)[:written])
+
+
+def _restore(llm: Any, snap: KVSnapshot) -> None:
+    import ctypes
+
+    import llama_cpp
+
+    buf = (ctypes.c_uint8 * len(snap.data)).from_buffer_copy(snap.data)
+    if not llama_cpp.llama_state_seq_set_data(llm.ctx, buf, len(snap.data), 0):
+        llm.reset()  # a failed restore leaves nothing reusable; generate() starts afresh
+        return
+    n = len(snap.tokens)
+    llm.input_ids[:n] = snap.tokens
+    llm.n_tokens = n
+    llm._requires_eval = True
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -90,9 +90,14 @@ class ChatModel(Protocol):
         ...
 
     def stream(
-        self, messages: list[ChatMessage], params: SamplingParams, cancel: CancelToken
+        self,
+        messages: list[ChatMessage],
+        params: SamplingParams,
+        cancel: CancelToken,
+        *,
+        cache_key: str | None = None,
     ) -> AsyncIterator[Delta | Finished]:
-        """Yield reply deltas as they are decoded, then one Finished."""
+        """Yield reply deltas, then one Finished; `cache_key` names a conversation's KV state."""
         ...
 
     def close(self) -> None:

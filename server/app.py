@@ -97,7 +97,15 @@ def _open_llm(settings: Settings) -> ChatModel:
     from models.paths import default_chat_model, resolve
 
     path = resolve(settings.model, default_chat_model())
-    return LlamaEngine(EngineConfig(path, n_ctx=settings.n_ctx, n_threads=settings.n_threads))
+    config = EngineConfig(
+        path,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+        kv_ram_mb=settings.kv_ram_mb,
+        kv_disk_mb=settings.kv_disk_mb,
+        kv_dir=settings.data_dir / "kv",
+    )
+    return LlamaEngine(config)
 
 
 async def _load_embedder(settings: Settings, memory: MemoryManager) -> Embedder:

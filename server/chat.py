@@ -58,7 +58,7 @@ async def reply(rt: Runtime, frame: protocol.ChatSend, send: Send, current: Repl
     params = SamplingParams(max_tokens=settings.reply_tokens, temperature=settings.temperature)
     parts: list[str] = []
     done: Finished | None = None
-    async for event in rt.llm.stream(built.messages, params, current.cancel):
+    async for event in rt.llm.stream(built.messages, params, current.cancel, cache_key=cid):
         if isinstance(event, Delta):
             parts.append(event.text)
             if not current.client_gone:

@@ -28,6 +28,8 @@ class Settings:
     max_message_chars: int = 16_000
     system_prompt: str = "You are a helpful assistant."
     temperature: float = 0.7
+    kv_ram_mb: int = 1024
+    kv_disk_mb: int = 4096
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
 
 
@@ -45,6 +47,8 @@ _HELP = {
     "max_message_chars": "longest accepted user message, in characters",
     "system_prompt": "system prompt of new conversations",
     "temperature": "sampling temperature",
+    "kv_ram_mb": "RAM for saved per-conversation KV state, in MiB",
+    "kv_disk_mb": "disk (under data_dir/kv) for KV state spilled from RAM, in MiB",
     "web_dir": "folder of the browser UI's static files",
 }
 

@@ -62,7 +62,12 @@ class FakeLLM:
         self.replies.extend(replies)
 
     async def stream(
-        self, messages: list[ChatMessage], params: SamplingParams, cancel: CancelToken
+        self,
+        messages: list[ChatMessage],
+        params: SamplingParams,
+        cancel: CancelToken,
+        *,
+        cache_key: str | None = None,
     ) -> AsyncIterator[Delta | Finished]:
         """Yield the next enqueued reply a word at a time."""
         self.history.append(list(messages))
