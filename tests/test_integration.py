@@ -16,6 +16,7 @@ from models.embedder import SentenceEmbedder
 from models.llama_engine import LlamaEngine
 from server.app import create_app
 from server.settings import Settings
+from tests.test_chat_ws import BAD_FRAMES
 from tests.wsutil import chat, collect, drain
 
 Client = TestClient[Any, Any]
@@ -134,3 +135,36 @@ async def test_health_reports_ready(client: Client) -> None:
     resp = await client.get("/health")
     assert resp.status == 200
     assert await resp.json() == {"status": "ok", "model": True, "embedder": True, "redis": True}
+
+
+async def test_every_bad_frame_is_refused_and_stores_nothing(client: Client, redis: Redis) -> None:
+    async with client.ws_connect("/ws") as ws:
+        for raw, code in BAD_FRAMES:
+            await ws.send_str(raw)
+            frame = await ws.receive_json(timeout=30)
+            assert (frame["type"], frame["code"]) == ("error", code), raw
+        await ws.send_bytes(b"\xff")
+        assert (await ws.receive_json(timeout=30))["code"] == "binary_frame"
+        assert await redis.keys("*") == []
+        await ws.send_json({"type": "chat.send", "text": "Tell me a long story about the sea."})
+        await ws.send_json({"type": "chat.send", "text": "too soon"})
+        frames: list[dict[str, Any]] = []
+        while not frames or frames[-1]["type"] != "response.done":
+            frames.append(await ws.receive_json(timeout=60))
+    assert [f["code"] for f in frames if f["type"] == "error"] == ["busy"]
+    cid = next(f["conversation_id"] for f in frames if f["type"] == "response.created")
+    stored = (await (await client.get(f"/api/conversations/{cid}/messages")).json())["messages"]
+    assert [m["role"] for m in stored] == ["user", "assistant"]
+
+
+async def test_delete_removes_all_keys_of_a_conversation(client: Client, redis: Redis) -> None:
+    async with client.ws_connect("/ws") as ws:
+        keep = (await chat(ws, "Keep this one.")).conversation_id
+        gone = (await chat(ws, "Delete this one.")).conversation_id
+    await drain(client.app)
+    keys = Keys("local")
+    assert await redis.exists(*keys.of_conversation(gone)) >= 3
+    assert (await client.delete(f"/api/conversations/{gone}")).status == 200
+    assert await redis.exists(*keys.of_conversation(gone)) == 0
+    assert [k for k in await redis.keys("*") if gone in k] == []
+    assert await redis.exists(keys.messages(keep), keys.vectors(keep)) == 2
