@@ -45,9 +45,7 @@ async def score_conversation(
     imported = await import_conversation(memory, user, conv, progress)
     try:
         return [
-            await _score(
-                memory, user=user, imported=imported, conv=conv, q=q, budget=budget
-            )
+            await _score(memory, user=user, imported=imported, conv=conv, q=q, budget=budget)
             for q in conv.questions
             if q.category in EVIDENCE_CATEGORIES and any(e in imported.seq_of for e in q.evidence)
         ]

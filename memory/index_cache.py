@@ -1,4 +1,4 @@
-"""Per-conversation recall state derived from Redis: lexical index, candidates, speakers.
+"""Per-conversation recall state derived from Redis: lexical index, candidates, turns, costs.
 
 Redis stays the source of truth: the cache is rebuilt when a conversation is replaced, grows
 as turns are appended, and `invalidate` drops it when turns are removed.
@@ -27,6 +27,8 @@ class ConversationIndex:
     lexical: LexicalIndex = field(default_factory=LexicalIndex)
     candidates: list[Candidate] = field(default_factory=list)
     speakers: set[str] = field(default_factory=set)
+    messages: dict[int, Message] = field(default_factory=dict)
+    line_costs: dict[int, int] = field(default_factory=dict)  # filled by the manager
     _last: Message | None = None
 
     def add(self, messages: list[Message]) -> None:
@@ -42,6 +44,7 @@ class ConversationIndex:
             self.candidates.append(Candidate(m.seq, day_number(m.time), m.speaker))
             if m.speaker:
                 self.speakers.add(m.speaker)
+            self.messages[m.seq] = m
             self.upto, self._last = m.seq, m
 
 

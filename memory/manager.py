@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -12,23 +14,26 @@ import numpy.typing as npt
 from memory.index_cache import ConversationIndex, IndexCache
 from memory.lexical import terms
 from memory.packing import Budget, Line, Turn, pack_lines, pack_recent, recent_budget, render_lines
-from memory.recall import fuse, named_speaker
+from memory.recall import Candidate, fuse, named_speaker
 from memory.render import RECALL_HEADER, SUMMARY_HEADER, as_chat, day_label, line_text, memory_text
 from memory.store import Message, Store, Summary
 from memory.summary import Summarizer, SummaryModel
 from models.types import ChatMessage, Tokenizer
 
-RECENT_FETCH = 64  # newest turns read per context build; more rarely fit a small context
+Vectors = npt.NDArray[np.float32]
+
+RECENT_FETCH = 64  # newest turns considered for the recent window
 RECENT_SHARE = 0.1  # of the history budget, kept for the newest turns once recall is needed
 SUMMARY_SHARE = 0.2  # the summary is left out when it would take more of the budget than this
 VECTOR_CANDIDATES = 400  # nearest turns asked of the vector set
-MIN_LINE_TOKENS = 12  # a lower bound on a recalled line's cost, to size the fetch
+MAX_KEPT_RECORDS = 256  # latest inspection records kept for the HTTP API
+MIN_LINE_TOKENS = 12  # a lower bound on a recalled line's cost, to size the candidate list
 
 
 class Embedder(Protocol):
     """What memory needs of an embedder."""
 
-    async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
+    async def embed(self, texts: list[str]) -> Vectors:
         """Normalized vectors, one per text."""
         ...
 
@@ -56,7 +61,7 @@ class ContextRecord:
     sections: dict[str, int]
     turns: list[PackedTurn] = field(default_factory=list)
     summary_version: int = 0
-    summary_upto: int = 0  # the summary covers turns 1..summary_upto
+    summary_upto: int = 0  # the summary used covers turns 1..summary_upto
     build_ms: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,12 +79,22 @@ class BuiltContext:
 
 @dataclass(frozen=True)
 class _Plan:
-    """The chosen content of one prompt before rendering."""
+    """The chosen content of one prompt, before rendering."""
 
     summary: Summary
     lines: list[Line]
     recent: list[Turn]
-    recalled: dict[int, Message] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Query:
+    """One context build's inputs."""
+
+    user: str
+    cid: str
+    text: str
+    last: int  # the newest seq the context may use
+    budget: int
 
 
 class MemoryManager:
@@ -99,6 +114,7 @@ class MemoryManager:
         self.indexes = IndexCache(store)
         self.summarizer = Summarizer(store, summarizer_model) if summarizer_model else None
         self._recent_start: dict[tuple[str, str], int] = {}
+        self._last_record: dict[tuple[str, str], ContextRecord] = {}
         self._blank = tokenizer.message_cost(ChatMessage("system", ""))
 
     def budget(self, n_ctx: int, reply_reserve: int, system: str, new_message: str) -> Budget:
@@ -122,160 +138,141 @@ class MemoryManager:
         started = time.perf_counter()
         index = await self.indexes.get(user, cid)
         last = index.upto if before is None else min(index.upto, before - 1)
-        stored = await self.store.messages(
-            user, cid, start=max(1, last - RECENT_FETCH + 1), end=last
-        )
-        by_seq = {m.seq: m for m in stored}
-        newest_first = [Turn(m.seq, self._cost(m)) for m in reversed(stored)]
+        query = _Query(user, cid, new_message, last, history_budget)
+        older = _upto(index, last)
+        embedding = self._start_embedding(new_message) if len(older) > RECENT_FETCH else None
+        newest = [index.messages[c.seq] for c in reversed(older[-RECENT_FETCH:])]
+        newest_first = [Turn(m.seq, self._cost(m)) for m in newest]
         everything = pack_recent(newest_first, history_budget)
-        if len(everything) == len(stored) and last <= RECENT_FETCH:
+        if len(everything) == len(older):
             plan = _Plan(Summary(), [], everything)
         else:
-            plan = await self._plan(
-                user=user,
-                cid=cid,
-                index=index,
-                last=last,
-                query=new_message,
-                newest_first=newest_first,
-                budget=history_budget,
-            )
+            plan = await self._plan(query, index, newest_first, embedding)
+        plan, by_seq = await self._verified(query, plan)
         self._recent_start[(user, cid)] = plan.recent[0].seq if plan.recent else last + 1
-        return self._assemble(
-            plan,
-            by_seq=by_seq,
-            system=system,
-            new_message=new_message,
-            budget=history_budget,
-            started=started,
-        )
+        built = self._assemble(plan, by_seq, system, query, started)
+        self._last_record[(user, cid)] = built.record
+        while len(self._last_record) > MAX_KEPT_RECORDS:
+            self._last_record.pop(next(iter(self._last_record)))
+        return built
+
+    def last_record(self, user: str, cid: str) -> ContextRecord | None:
+        """The inspection record of the conversation's latest context build, if any."""
+        return self._last_record.get((user, cid))
+
+    def _start_embedding(self, text: str) -> asyncio.Future[Vectors] | None:
+        """Embed the message while the rest of the build proceeds."""
+        if self.embedder is None:
+            return None
+        return asyncio.ensure_future(self.embedder.embed([text]))
 
     async def _plan(
         self,
-        *,
-        user: str,
-        cid: str,
+        query: _Query,
         index: ConversationIndex,
-        last: int,
-        query: str,
         newest_first: list[Turn],
-        budget: int,
+        embedding: asyncio.Future[Vectors] | None,
     ) -> _Plan:
-        summary = await self.store.get_summary(user, cid)
+        summary = await self.store.get_summary(query.user, query.cid)
         summary_cost = self._line_cost(f"{SUMMARY_HEADER}\n{summary.text}\n") if summary.text else 0
-        if summary_cost > budget * SUMMARY_SHARE:
+        if summary_cost > query.budget * SUMMARY_SHARE:
             summary, summary_cost = Summary(), 0
-        recent = pack_recent(newest_first, recent_budget(budget - summary_cost, RECENT_SHARE))
-        overhead = self._blank + self._line_cost(RECALL_HEADER + "\n\n")
-        room = budget - summary_cost - sum(t.cost for t in recent) - overhead
-        lines, found = await self._recall(
-            user=user, cid=cid, index=index, last=last, query=query, room=room
-        )
+        share = recent_budget(query.budget - summary_cost, RECENT_SHARE)
+        recent = pack_recent(newest_first, share)
+        overhead = self._blank + self._line_cost(RECALL_HEADER + "\n")
+        room = query.budget - summary_cost - sum(t.cost for t in recent) - overhead
+        lines = await self._recall(query, index, room, embedding)
         exclude = frozenset(t.seq for t in recent)
         days = {ln.day: self._line_cost(f"[{ln.day}]") for ln in lines}
-        return _Plan(summary, pack_lines(lines, max(0, room), exclude, days), recent, found)
+        return _Plan(summary, pack_lines(lines, max(0, room), exclude, days), recent)
 
     async def _recall(
-        self, *, user: str, cid: str, index: ConversationIndex, last: int, query: str, room: int
-    ) -> tuple[list[Line], dict[int, Message]]:
-        """Candidate lines, best first, read from Redis (so forgotten turns drop out)."""
-        if room <= 0:
-            return [], {}
-        cands = [c for c in index.candidates if c.seq <= last]
+        self,
+        query: _Query,
+        index: ConversationIndex,
+        room: int,
+        embedding: asyncio.Future[Vectors] | None,
+    ) -> list[Line]:
+        """Candidate lines, best first: vector and lexical scores fused with structure."""
+        cands = _upto(index, query.last)
+        lexical = index.lexical.scores(terms(query.text))
         vector: dict[int, float] = {}
-        if self.embedder is not None:
-            qvec = (await self.embedder.embed([query]))[0]
-            hits = await self.store.similar(user, cid, qvec, VECTOR_CANDIDATES)
-            vector = {h.seq: h.score for h in hits if h.seq <= last}
-        lexical = index.lexical.scores(terms(query))
-        ranked = fuse(cands, vector, lexical, named_speaker(query, index.speakers))
-        wanted = ranked[: room // MIN_LINE_TOKENS + RECENT_FETCH]
-        found = {
-            m.seq: m for m in await self.store.messages_by_seq(user, cid, [s for s, _ in wanted])
-        }
-        lines = [
-            Line(seq, day_label(m.time), line_text(m), self._line_cost(line_text(m)), score)
-            for seq, score in wanted
-            if (m := found.get(seq)) is not None
-        ]
-        return lines, found
+        if embedding is not None:
+            hits = await self.store.similar(
+                query.user, query.cid, (await embedding)[0], VECTOR_CANDIDATES
+            )
+            vector = {h.seq: h.score for h in hits if h.seq <= query.last}
+        ranked = fuse(cands, vector, lexical, named_speaker(query.text, index.speakers))
+        wanted = ranked[: max(0, room) // MIN_LINE_TOKENS + RECENT_FETCH]
+        return [self._line(index, seq, score) for seq, score in wanted]
+
+    def _line(self, index: ConversationIndex, seq: int, score: float) -> Line:
+        m = index.messages[seq]
+        cost = index.line_costs.get(seq)
+        if cost is None:
+            cost = index.line_costs[seq] = self._line_cost(line_text(m))
+        return Line(seq, day_label(m.time), line_text(m), cost, score)
+
+    async def _verified(self, query: _Query, plan: _Plan) -> tuple[_Plan, dict[int, Message]]:
+        """Re-read the chosen turns from Redis, the source of truth; drop any since forgotten."""
+        seqs = [ln.seq for ln in plan.lines] + [t.seq for t in plan.recent]
+        found = await self.store.messages_by_seq(query.user, query.cid, seqs)
+        by_seq = {m.seq: m for m in found}
+        if len(by_seq) == len(seqs):
+            return plan, by_seq
+        self.invalidate(query.user, query.cid)
+        lines = [ln for ln in plan.lines if ln.seq in by_seq]
+        return _Plan(plan.summary, lines, [t for t in plan.recent if t.seq in by_seq]), by_seq
 
     def _assemble(
-        self,
-        plan: _Plan,
-        *,
-        by_seq: dict[int, Message],
-        system: str,
-        new_message: str,
-        budget: int,
-        started: float,
+        self, plan: _Plan, by_seq: dict[int, Message], system: str, query: _Query, started: float
     ) -> BuiltContext:
-        head, tail = [ChatMessage("system", system)], [ChatMessage("user", new_message)]
+        head, tail = [ChatMessage("system", system)], [ChatMessage("user", query.text)]
         fixed = self.tokenizer.count(head + tail)
         while True:  # estimates are exact for additive templates; this makes any template exact
-            memory = self._memory_messages(plan)
+            text = memory_text(plan.summary.text, render_lines(plan.lines))
+            memory = [ChatMessage("system", text)] if text else []
             recent = [as_chat(by_seq[t.seq]) for t in plan.recent]
             messages = head + memory + recent + tail
             prompt_tokens = self.tokenizer.count(messages)
-            if prompt_tokens - fixed <= budget or _empty(plan):
+            excess = prompt_tokens - fixed - query.budget
+            if excess <= 0 or _empty(plan):
                 break
-            plan = _shrink(plan)
-        history = prompt_tokens - fixed
-        record = self._record(
-            plan,
-            by_seq=by_seq,
-            budget=budget,
-            history=history,
-            prompt_tokens=prompt_tokens,
-            memory=memory,
-            started=started,
-        )
+            plan = _shrink(plan, excess)
+        record = self._record(plan, by_seq, query.budget, prompt_tokens - fixed, prompt_tokens)
+        record = replace(record, build_ms=round((time.perf_counter() - started) * 1000, 2))
         return BuiltContext(messages, record)
 
-    def _memory_messages(self, plan: _Plan) -> list[ChatMessage]:
-        text = memory_text(plan.summary.text, render_lines(plan.lines))
-        return [ChatMessage("system", text)] if text else []
-
     def _record(
-        self,
-        plan: _Plan,
-        *,
-        by_seq: dict[int, Message],
-        budget: int,
-        history: int,
-        prompt_tokens: int,
-        memory: list[ChatMessage],
-        started: float,
+        self, plan: _Plan, by_seq: dict[int, Message], budget: int, history: int, prompt: int
     ) -> ContextRecord:
-        memory_cost = self.tokenizer.message_cost(memory[0]) if memory else 0
         summary_cost = (
             self.tokenizer.message_cost(ChatMessage("system", memory_text(plan.summary.text, "")))
             if plan.summary.text
             else 0
         )
-        recent = [
+        recent_cost = sum(t.cost for t in plan.recent)
+        turns = [
+            PackedTurn(ln.seq, m.role, "recalled", ln.cost, m.time, round(ln.score, 4), m.speaker)
+            for ln in plan.lines
+            if (m := by_seq[ln.seq])
+        ] + [
             PackedTurn(t.seq, m.role, "recent", t.cost, m.time, None, m.speaker)
             for t in plan.recent
             if (m := by_seq[t.seq])
         ]
-        recalled = [
-            PackedTurn(ln.seq, m.role, "recalled", ln.cost, m.time, round(ln.score, 4), m.speaker)
-            for ln in plan.lines
-            if (m := plan.recalled[ln.seq])
-        ]
         return ContextRecord(
             budget=budget,
             history_tokens=history,
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=prompt,
             sections={
                 "summary": summary_cost,
-                "recalled": memory_cost - summary_cost,
-                "recent": history - memory_cost,
+                "recalled": history - summary_cost - recent_cost,
+                "recent": recent_cost,
             },
-            turns=recalled + recent,
+            turns=turns,
             summary_version=plan.summary.version if plan.summary.text else 0,
             summary_upto=plan.summary.upto_seq if plan.summary.text else 0,
-            build_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
     async def record(
@@ -292,7 +289,7 @@ class MemoryManager:
         await self.store.add_vectors(user, cid, [m.seq for m in messages], vectors)
 
     async def after_reply(self, user: str, cid: str) -> None:
-        """Fold turns that left the recent window into the summary."""
+        """Fold turns that left the recent window into the summary (run it in the background)."""
         if self.summarizer is None:
             return
         upto = self._recent_start.get((user, cid), 1) - 1
@@ -302,6 +299,7 @@ class MemoryManager:
         """Drop derived recall state after turns were forgotten or the conversation deleted."""
         self.indexes.invalidate(user, cid)
         self._recent_start.pop((user, cid), None)
+        self._last_record.pop((user, cid), None)
 
     def _cost(self, message: Message) -> int:
         return self.tokenizer.message_cost(as_chat(message))
@@ -311,16 +309,27 @@ class MemoryManager:
         return self.tokenizer.message_cost(ChatMessage("system", text + "\n")) - self._blank
 
 
-def _shrink(plan: _Plan) -> _Plan:
-    """Drop the weakest recalled line, else the oldest recent turn, else the summary."""
-    if plan.lines:
-        weakest = min(plan.lines, key=lambda ln: ln.score)
-        lines = [ln for ln in plan.lines if ln is not weakest]
-        return _Plan(plan.summary, lines, plan.recent, plan.recalled)
-    if plan.recent:
-        return _Plan(plan.summary, [], plan.recent[1:], plan.recalled)
-    return _Plan(Summary(), [], [])
+def _upto(index: ConversationIndex, last: int) -> list[Candidate]:
+    end = bisect.bisect_right(index.candidates, last, key=lambda c: c.seq)
+    return index.candidates[:end]
 
 
 def _empty(plan: _Plan) -> bool:
     return not (plan.lines or plan.recent or plan.summary.text)
+
+
+def _shrink(plan: _Plan, excess: int) -> _Plan:
+    """Drop the weakest recalled lines worth `excess` tokens, else the oldest recent turn, else
+    the summary."""
+    if plan.lines:
+        dropped: set[int] = set()
+        for line in sorted(plan.lines, key=lambda ln: ln.score):
+            if excess <= 0:
+                break
+            dropped.add(line.seq)
+            excess -= line.cost
+        lines = [ln for ln in plan.lines if ln.seq not in dropped]
+        return _Plan(plan.summary, lines, plan.recent)
+    if plan.recent:
+        return _Plan(plan.summary, [], plan.recent[1:])
+    return _Plan(Summary(), [], [])

@@ -85,11 +85,11 @@ def fuse(
 
 def spread_to_neighbours(cands: Sequence[Candidate], score: Floats, drop: float) -> Floats:
     """Let a turn inherit its same-day neighbour's score, less `drop` (answers follow questions)."""
+    days = np.array([c.day for c in cands])
+    same = days[1:] == days[:-1]
     out = score.copy()
-    for i in range(1, len(cands)):
-        if cands[i].day == cands[i - 1].day:
-            out[i] = max(out[i], score[i - 1] - drop)
-            out[i - 1] = max(out[i - 1], score[i] - drop)
+    out[1:] = np.where(same, np.maximum(out[1:], score[:-1] - drop), out[1:])
+    out[:-1] = np.where(same, np.maximum(out[:-1], score[1:] - drop), out[:-1])
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from memory.store import Message
 from models.types import ChatMessage
@@ -31,7 +32,12 @@ def day_number(at: float) -> int:
 
 def day_label(at: float) -> str:
     """A compact date heading, e.g. `8 May 2023`."""
-    d = datetime.fromtimestamp(at, tz=UTC)
+    return _label_of_day(day_number(at))
+
+
+@lru_cache(maxsize=4096)
+def _label_of_day(day: int) -> str:
+    d = datetime.fromtimestamp(day * SECONDS_PER_DAY, tz=UTC)
     return f"{d.day} {d:%B %Y}"
 
 
