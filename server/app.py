@@ -16,7 +16,7 @@ from memory.manager import Embedder, MemoryManager
 from memory.store import Store
 from models.errors import Unavailable
 from models.types import ChatModel
-from server import api, ws
+from server import api, auth, openai_api, ws
 from server.redis_process import EmbeddedRedis
 from server.runtime import RUNTIME, Runtime
 from server.settings import Settings
@@ -33,10 +33,15 @@ def create_app(
     redis: Redis | None = None,
 ) -> web.Application:
     """Build the app; parts not given are opened from settings when it starts."""
-    app = web.Application(client_max_size=settings.max_message_chars * 4 + 65536)
+    app = web.Application(
+        client_max_size=settings.max_message_chars * 4 + 65536,
+        middlewares=[api.errors, auth.middleware],
+    )
+    app[auth.ACCESS] = auth.Access.from_settings(settings)
     app.cleanup_ctx.append(_resources(settings, llm, embedder, redis))
     app.on_shutdown.append(_close_sockets)
     api.setup_routes(app)
+    openai_api.setup_routes(app)
     app.router.add_get("/ws", ws.handle)
     app.router.add_get("/", _index)
     app.router.add_static("/static/", settings.web_dir, name="static")

@@ -1,32 +1,37 @@
-"""One reply, end to end: frame -> build_context -> model.stream -> record -> client."""
+"""One reply, end to end: ask -> record -> build_context -> model.stream -> record -> sink.
+
+Transport-neutral: the websocket and the OpenAI-compatible API both call `reply` (memory on a
+stored conversation) or `stateless` (the client's own messages), each with its own Sink.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from memory.store import DEFAULT_USER
-from models.errors import ModelError, Unavailable
-from models.types import Delta, Finished, SamplingParams
-from server import protocol
+from memory.manager import ContextRecord
+from models.errors import BadRequest, ModelError, Unavailable
+from models.types import ChatMessage, Delta, Finished, SamplingParams
+from server.logs import request_id
+from server.protocol import Status
 from server.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
 
 @dataclass
 class Reply:
-    """A reply in progress: its id and the switch that stops it."""
+    """A reply in progress: its id, the switch that stops it, and when it was asked for."""
 
     response_id: str
     cancel: threading.Event
     client_gone: bool = False
+    asked_at: float = field(default_factory=time.perf_counter)
 
     def abandon(self) -> None:
         """The client left: stop generating and remember why."""
@@ -34,69 +39,200 @@ class Reply:
         self.cancel.set()
 
 
-async def reply(rt: Runtime, frame: protocol.ChatSend, send: Send, current: Reply) -> None:
-    """Store the user's turn, stream the model's reply to the client, store the reply."""
-    user = DEFAULT_USER
-    if not rt.llm.ready:
-        raise Unavailable("model_loading", "the model is still loading; retry in a moment")
-    cid = frame.conversation_id
+@dataclass(frozen=True)
+class Ask:
+    """A reply asked of a stored conversation, whatever the transport."""
+
+    user: str
+    text: str
+    conversation_id: str | None  # None: start a new conversation
+    system_prompt: str
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a reply ended."""
+
+    text: str
+    status: Status
+    finished: Finished
+    conversation_id: str | None = None
+    message_seq: int | None = None
+
+
+class Sink(Protocol):
+    """Where a reply's events go; `delta` and later raise ConnectionError once the client left."""
+
+    async def conversation_created(self, cid: str) -> None:
+        """A conversation was started for this reply."""
+
+    async def started(self, cid: str | None) -> None:
+        """The user's turn is stored (if any); generation follows."""
+
+    async def context(self, record: ContextRecord) -> None:
+        """What memory packed into the prompt."""
+
+    async def delta(self, text: str) -> None:
+        """A piece of reply text."""
+
+    async def done(self, outcome: Outcome) -> None:
+        """The reply ended."""
+
+
+async def reply(rt: Runtime, ask: Ask, sink: Sink, current: Reply) -> Outcome:
+    """Store the user's turn, pack memory into the prompt, stream the reply, store it."""
+    request_id.set(current.response_id)
+    _check_ready(rt)
+    user, cid = ask.user, ask.conversation_id
     if cid is None:
         cid = (await rt.store.create_conversation(user)).id
-        await send(protocol.conversation_created(cid))
+        await sink.conversation_created(cid)
     else:
         await rt.store.get_conversation(user, cid)
-    asked = await rt.memory.record(user, cid, "user", frame.text)
-    await send(protocol.response_created(current.response_id, cid))
-    settings = rt.settings
-    budget = rt.memory.budget(
-        rt.llm.n_ctx, settings.reply_tokens, settings.system_prompt, frame.text
-    )
+    asked = await rt.memory.record(user, cid, "user", ask.text)
+    await _try(sink.started(cid), current)
+    budget = rt.memory.budget(rt.llm.n_ctx, ask.params.max_tokens, ask.system_prompt, ask.text)
     built = await rt.memory.build_context(
-        user, cid, frame.text, budget.history, settings.system_prompt, before=asked.seq
+        user, cid, ask.text, budget.history, ask.system_prompt, before=asked.seq
     )
-    await send(protocol.context(current.response_id, built.record.as_dict()))
-    params = SamplingParams(max_tokens=settings.reply_tokens, temperature=settings.temperature)
+    _count_recalls(rt, built.record)
+    await _try(sink.context(built.record), current)
+    text, done = await generate(rt, built.messages, ask.params, sink, current, cache_key=cid)
+    status = _status(done, current)
+    answer = await rt.memory.record(user, cid, "assistant", text, status=status)
+    rt.spawn(rt.memory.index(user, cid, [asked, answer]))
+    if rt.memory.summarizer is not None:
+        rt.spawn(_summarize(rt, user, cid))
+    outcome = Outcome(text, status, done, cid, answer.seq)
+    return await _finish(rt, outcome, sink, current, user)
+
+
+async def stateless(
+    rt: Runtime,
+    sink: Sink,
+    current: Reply,
+    *,
+    user: str,
+    messages: list[ChatMessage],
+    params: SamplingParams,
+) -> Outcome:
+    """Send the client's messages straight to the model; nothing is stored."""
+    request_id.set(current.response_id)
+    _check_ready(rt)
+    prompt = rt.llm.tokenizer.count(messages)
+    if prompt >= rt.llm.n_ctx:
+        raise BadRequest(
+            "context_length_exceeded",
+            f"This model's maximum context length is {rt.llm.n_ctx} tokens. However, your "
+            f"messages resulted in {prompt} tokens. Please reduce the length of the messages.",
+        )
+    await _try(sink.started(None), current)
+    text, done = await generate(rt, messages, params, sink, current, cache_key=None)
+    return await _finish(rt, Outcome(text, _status(done, current), done), sink, current, user)
+
+
+async def generate(
+    rt: Runtime,
+    messages: list[ChatMessage],
+    params: SamplingParams,
+    sink: Sink,
+    current: Reply,
+    *,
+    cache_key: str | None,
+) -> tuple[str, Finished]:
+    """Stream one generation to the sink; return its text and accounting."""
+    m = rt.metrics
     parts: list[str] = []
     done: Finished | None = None
-    async for event in rt.llm.stream(built.messages, params, current.cancel, cache_key=cid):
-        if isinstance(event, Delta):
-            parts.append(event.text)
-            if not current.client_gone:
-                await _try_send(
-                    send, protocol.response_delta(current.response_id, event.text), current
-                )
-        else:
-            done = event
+    m.requests_deferred.inc()
+    waiting = True
+    try:
+        async for event in rt.llm.stream(messages, params, current.cancel):
+            if waiting:
+                waiting = False
+                m.requests_deferred.dec()
+                m.requests_processing.inc()
+            if isinstance(event, Delta):
+                if not parts:
+                    m.first_token.observe(time.perf_counter() - current.asked_at)
+                parts.append(event.text)
+                if not current.client_gone:
+                    await _try(sink.delta(event.text), current)
+            else:
+                done = event
+    finally:
+        (m.requests_deferred if waiting else m.requests_processing).dec()
     if done is None:
         raise ModelError("model_error", "the model stopped without finishing the reply")
-    status = "interrupted" if current.client_gone and done.reason == "cancelled" else done.reason
-    answer = await rt.memory.record(user, cid, "assistant", "".join(parts), status=status)
-    rt.spawn(rt.memory.index(user, cid, [asked, answer]))
-    if done.reason == "error":
-        log.error("generation failed in %s: %s", current.response_id, done.error)
-    await _try_send(send, _done_frame(current.response_id, done, answer.seq), current)
+    m.prompt_tokens.inc(done.prompt_tokens)
+    m.tokens_predicted.inc(done.completion_tokens)
+    m.reply_time.observe(time.perf_counter() - current.asked_at)
+    return "".join(parts), done
 
 
-def new_reply() -> Reply:
+def new_reply(prefix: str = "resp_") -> Reply:
     """A fresh reply handle."""
-    return Reply(response_id="resp_" + uuid.uuid4().hex[:16], cancel=threading.Event())
+    return Reply(response_id=prefix + uuid.uuid4().hex[:24], cancel=threading.Event())
 
 
-async def _try_send(send: Send, frame: dict[str, Any], current: Reply) -> bool:
-    """Send, or stop generating when the client has gone away."""
+def _check_ready(rt: Runtime) -> None:
+    if not rt.llm.ready:
+        raise Unavailable("model_loading", "the model is still loading; retry in a moment")
+
+
+def _status(done: Finished, current: Reply) -> Status:
+    return "interrupted" if current.client_gone and done.reason == "cancelled" else done.reason
+
+
+async def _finish(rt: Runtime, outcome: Outcome, sink: Sink, current: Reply, user: str) -> Outcome:
+    done = outcome.finished
+    rt.metrics.replies.labels(outcome.status).inc()
+    if done.reason == "error":
+        rt.metrics.errors.labels("model_error").inc()
+        log.error("generation failed: %s", done.error)
+    log.info(
+        "reply %s: prompt_tokens=%d completion_tokens=%d ttft_ms=%.1f user=%s conversation=%s",
+        outcome.status,
+        done.prompt_tokens,
+        done.completion_tokens,
+        done.ttft_ms,
+        user,
+        outcome.conversation_id or "-",
+        extra={
+            "status": outcome.status,
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "ttft_ms": round(done.ttft_ms, 1),
+            "user": user,
+            "conversation_id": outcome.conversation_id,
+        },
+    )
+    await _try(sink.done(outcome), current)
+    return outcome
+
+
+def _count_recalls(rt: Runtime, record: ContextRecord) -> None:
+    recalled = sum(1 for t in record.turns if t.reason == "recalled")
+    if recalled:
+        rt.metrics.recalls.inc()
+        rt.metrics.recalled_turns.inc(recalled)
+
+
+async def _summarize(rt: Runtime, user: str, cid: str) -> None:
     try:
-        await send(frame)
+        await rt.memory.after_reply(user, cid)
+    except Exception:
+        rt.metrics.summary_jobs.labels("failed").inc()
+        raise
+    rt.metrics.summary_jobs.labels("done").inc()
+
+
+async def _try(step: Awaitable[None], current: Reply) -> bool:
+    """Run a sink step, or stop generating when the client has gone away."""
+    try:
+        await step
     except ConnectionError:
         current.abandon()
         return False
     return True
-
-
-def _done_frame(response_id: str, done: Finished, seq: int) -> dict[str, Any]:
-    return protocol.response_done(
-        response_id,
-        done.reason,
-        usage={"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens},
-        timings={"ttft_ms": round(done.ttft_ms, 1), "tokens_per_s": round(done.tokens_per_s, 2)},
-        message_seq=seq,
-    )

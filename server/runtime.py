@@ -13,6 +13,7 @@ from aiohttp import web
 from memory.manager import Embedder, MemoryManager
 from memory.store import Store
 from models.types import ChatModel
+from server.metrics import Metrics
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class Runtime:
     store: Store
     llm: ChatModel
     memory: MemoryManager
+    metrics: Metrics = field(default_factory=Metrics)
     embedder_task: asyncio.Task[Embedder] | None = None
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)

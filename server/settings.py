@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "MEMCHAT_"
+_USER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_KEY_RE = re.compile(r"^[A-Za-z0-9._~+-]{1,256}$")  # HTTP token characters: fit a subprotocol
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One configured API key and the user it acts as."""
+
+    user: str
+    key: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,24 @@ class Settings:
     kv_ram_mb: int = 1024
     kv_disk_mb: int = 4096
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
+    api_keys: tuple[ApiKey, ...] = ()
+    api_keys_file: str = ""
+    allow_unauthenticated: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    rate_limit: int = 60
+    log_level: str = "info"
+    log_format: str = "text"
+
+    @property
+    def auth_required(self) -> bool:
+        """True when API keys are configured: every route but /health needs one."""
+        return bool(self.api_keys)
+
+    def listen_host(self) -> str:
+        """The address to bind: loopback only when no keys guard a non-loopback host."""
+        if self.auth_required or self.allow_unauthenticated or is_loopback(self.host):
+            return self.host
+        return "127.0.0.1"
 
 
 _DEFAULTS = Settings()
@@ -50,6 +80,13 @@ _HELP = {
     "kv_ram_mb": "RAM for saved per-conversation KV state, in MiB",
     "kv_disk_mb": "disk (under data_dir/kv) for KV state spilled from RAM, in MiB",
     "web_dir": "folder of the browser UI's static files",
+    "api_keys": "API keys as user:key,user:key; with any, every route but /health needs one",
+    "api_keys_file": "file of API keys, one user:key a line",
+    "allow_unauthenticated": "with no API keys, still listen on a non-loopback host (true/false)",
+    "allowed_origins": "comma-separated browser origins allowed besides the server's own (* any)",
+    "rate_limit": "requests a minute per API key (0: unlimited)",
+    "log_level": "debug, info, warning or error",
+    "log_format": "text or json",
 }
 
 
@@ -73,11 +110,85 @@ def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None =
         if raw is None:
             continue
         values[f.name] = _convert(f.name, str(raw), getattr(_DEFAULTS, f.name))
-    return replace(_DEFAULTS, **values)
+    loaded = replace(_DEFAULTS, **values)
+    if loaded.api_keys_file:
+        keys = loaded.api_keys + _keys_file(Path(loaded.api_keys_file))
+        loaded = replace(loaded, api_keys=keys)
+    _check_keys(loaded.api_keys)
+    return loaded
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_keys(raw: str, where: str = "api_keys") -> tuple[ApiKey, ...]:
+    """Parse `user:key,user:key` (commas or newlines; blank entries and # comments skipped)."""
+    keys = []
+    for part in re.split(r"[,\n]", raw):
+        entry = part.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        user, sep, key = entry.partition(":")
+        user, key = user.strip(), key.strip()
+        if not sep or not _USER_RE.match(user) or not _KEY_RE.match(key):
+            raise SystemExit(
+                f"memchat: {where}: expected user:key (user: letters, digits, - or _; key: "
+                f"letters, digits or ._~+-), got {user or '?'}:..."
+            )
+        keys.append(ApiKey(user, key))
+    return tuple(keys)
+
+
+def _keys_file(path: Path) -> tuple[ApiKey, ...]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SystemExit(f"memchat: cannot read the API keys file {path}: {e.strerror}") from e
+    return parse_keys(text, str(path))
+
+
+def _check_keys(keys: tuple[ApiKey, ...]) -> None:
+    seen = set()
+    for k in keys:
+        if k.key in seen:
+            raise SystemExit(f"memchat: an API key is listed twice (again for user {k.user})")
+        seen.add(k.key)
+
+
+_BOOLS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+    "": False,
+}
+
+
+def _convert_other(name: str, raw: str, default: object) -> object:
+    if isinstance(default, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if raw.strip().lower() not in _BOOLS:
+        raise SystemExit(f"memchat: setting {name}={raw!r} must be true or false")
+    return _BOOLS[raw.strip().lower()]
 
 
 def _convert(name: str, raw: str, default: object) -> object:
     kind = type(default)
+    if name == "api_keys":
+        return parse_keys(raw)
+    if isinstance(default, tuple | bool):
+        return _convert_other(name, raw, default)
     try:
         if isinstance(default, Path):
             return Path(raw)

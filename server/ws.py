@@ -9,21 +9,72 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
+from memory.manager import ContextRecord
 from models.errors import BadRequest, Busy, MemchatError
+from models.types import SamplingParams
 from server import protocol
-from server.chat import Reply, new_reply, reply
+from server.auth import ACCESS, WS_PROTOCOL, Access, key_of, user_of
+from server.chat import Ask, Outcome, Reply, new_reply, reply
 from server.runtime import RUNTIME, Runtime
 
 log = logging.getLogger(__name__)
 _HEARTBEAT_S = 30.0
 
 
+class WsSink:
+    """A reply's events as websocket frames."""
+
+    def __init__(self, session: Session, current: Reply) -> None:
+        self.send = session.send
+        self.rid = current.response_id
+
+    async def conversation_created(self, cid: str) -> None:
+        """Tell the client the id of its new conversation."""
+        await self.send(protocol.conversation_created(cid))
+
+    async def started(self, cid: str | None) -> None:
+        """The message is stored."""
+        await self.send(protocol.response_created(self.rid, cid or ""))
+
+    async def context(self, record: ContextRecord) -> None:
+        """What memory packed."""
+        await self.send(protocol.context(self.rid, record.as_dict()))
+
+    async def delta(self, text: str) -> None:
+        """A piece of reply text."""
+        await self.send(protocol.response_delta(self.rid, text))
+
+    async def done(self, outcome: Outcome) -> None:
+        """The reply ended."""
+        done = outcome.finished
+        await self.send(
+            protocol.response_done(
+                self.rid,
+                outcome.status,
+                usage={
+                    "prompt_tokens": done.prompt_tokens,
+                    "completion_tokens": done.completion_tokens,
+                },
+                timings={
+                    "ttft_ms": round(done.ttft_ms, 1),
+                    "tokens_per_s": round(done.tokens_per_s, 2),
+                },
+                message_seq=outcome.message_seq,
+            )
+        )
+
+
 class Session:
     """One socket's state: at most one reply streams at a time."""
 
-    def __init__(self, rt: Runtime, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self, rt: Runtime, ws: web.WebSocketResponse, access: Access, user: str, key: str
+    ) -> None:
         self.rt = rt
         self.ws = ws
+        self.access = access
+        self.user = user
+        self.key = key
         self.current: Reply | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -39,6 +90,8 @@ class Session:
             return
         if self.task is not None and not self.task.done():
             raise Busy("busy", "a reply is still streaming; cancel it or wait for response.done")
+        if self.access.required:
+            self.access.limiter.check(self.key)
         self.current = new_reply()
         self.task = self.rt.spawn(self._run(frame, self.current))
 
@@ -52,7 +105,17 @@ class Session:
 
     async def _run(self, frame: protocol.ChatSend, current: Reply) -> None:
         try:
-            await reply(self.rt, frame, self.send, current)
+            settings = self.rt.settings
+            ask = Ask(
+                user=self.user,
+                text=frame.text,
+                conversation_id=frame.conversation_id,
+                system_prompt=settings.system_prompt,
+                params=SamplingParams(
+                    max_tokens=settings.reply_tokens, temperature=settings.temperature
+                ),
+            )
+            await reply(self.rt, ask, WsSink(self, current), current)
         except MemchatError as e:
             await self.error(e.code, e.message, current.response_id)
         except RedisError as e:
@@ -64,6 +127,7 @@ class Session:
 
     async def error(self, code: str, message: str, response_id: str | None = None) -> None:
         """Tell the client what went wrong, if it is still there."""
+        self.rt.metrics.errors.labels(code).inc()
         if not self.ws.closed:
             await self.send(protocol.error(code, message, response_id))
 
@@ -79,12 +143,15 @@ class Session:
 async def handle(request: web.Request) -> web.WebSocketResponse:
     """Serve one websocket client until it disconnects."""
     rt = request.app[RUNTIME]
+    user, key = user_of(request), key_of(request)
     ws = web.WebSocketResponse(
-        heartbeat=_HEARTBEAT_S, max_msg_size=rt.settings.max_message_chars * 4 + 4096
+        heartbeat=_HEARTBEAT_S,
+        max_msg_size=rt.settings.max_message_chars * 4 + 4096,
+        protocols=(WS_PROTOCOL,),
     )
     await ws.prepare(request)
     rt.sockets.add(ws)
-    session = Session(rt, ws)
+    session = Session(rt, ws, request.app[ACCESS], user, key)
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
