@@ -37,8 +37,10 @@ INSTRUCTIONS = (
 class SummaryModel(Protocol):
     """What summarizing needs of a chat model: streaming at background priority."""
 
-    tokenizer: Tokenizer
-    n_ctx: int
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's own tokenizer."""
+        ...
 
     def stream(
         self,
@@ -88,7 +90,16 @@ def check_summary(text: str, source: str, tokens: int, cap_tokens: int) -> str |
         return "degenerate repetition"
     if _copied_share(words, re.findall(r"\w+", source.lower())) > MAX_COPIED_NGRAMS:
         return "a copy of the prompt"
+    if _copied_sentences(text, source) > MAX_COPIED_NGRAMS:
+        return "a copy of the prompt"
     return None
+
+
+def _copied_sentences(text: str, source: str) -> float:
+    """Share of the output's sentences that appear verbatim in the prompt."""
+    flat = " ".join(source.lower().split())
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", " ".join(text.lower().split())) if s]
+    return sum(s in flat for s in sentences) / len(sentences) if sentences else 0.0
 
 
 def _copied_share(words: list[str], source: list[str]) -> float:
