@@ -6,8 +6,8 @@ from aiohttp import web
 
 from memory import locomo
 from memory.importer import import_conversation
-from memory.store import DEFAULT_USER
 from models.errors import BadRequest, NotFound
+from server.auth import user_of
 from server.runtime import RUNTIME, Runtime
 
 
@@ -24,27 +24,27 @@ def _runtime(request: web.Request) -> Runtime:
 
 async def get_context(request: web.Request) -> web.Response:
     """The latest inspection record, or with `?message=...` the record a new message would get."""
-    rt, cid = _runtime(request), request.match_info["cid"]
-    await rt.store.get_conversation(DEFAULT_USER, cid)
+    rt, cid, user = _runtime(request), request.match_info["cid"], user_of(request)
+    await rt.store.get_conversation(user, cid)
     message = request.query.get("message")
     if message is None:
-        record = rt.memory.last_record(DEFAULT_USER, cid)
+        record = rt.memory.last_record(user, cid)
         if record is None:
             raise NotFound("no_context", "no reply was built in this conversation since start-up")
         return web.json_response({"conversation_id": cid, "context": record.as_dict()})
     settings = rt.settings
     budget = rt.memory.budget(rt.llm.n_ctx, settings.reply_tokens, settings.system_prompt, message)
     built = await rt.memory.build_context(
-        DEFAULT_USER, cid, message, budget.history, settings.system_prompt
+        user, cid, message, budget.history, settings.system_prompt
     )
     return web.json_response({"conversation_id": cid, "context": built.record.as_dict()})
 
 
 async def get_summary(request: web.Request) -> web.Response:
     """The conversation's rolling summary: text, version, covered turns, tokens."""
-    rt, cid = _runtime(request), request.match_info["cid"]
-    await rt.store.get_conversation(DEFAULT_USER, cid)
-    s = await rt.store.get_summary(DEFAULT_USER, cid)
+    rt, cid, user = _runtime(request), request.match_info["cid"], user_of(request)
+    await rt.store.get_conversation(user, cid)
+    s = await rt.store.get_summary(user, cid)
     return web.json_response(
         {
             "conversation_id": cid,
@@ -65,5 +65,5 @@ async def import_locomo(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise BadRequest("invalid_json", "the body must be one LoCoMo conversation object")
     conv = locomo.parse(body, str(body.get("sample_id", "")))
-    done = await import_conversation(_runtime(request).memory, DEFAULT_USER, conv)
+    done = await import_conversation(_runtime(request).memory, user_of(request), conv)
     return web.json_response({"conversation_id": done.cid, "turns": done.turns}, status=201)

@@ -148,7 +148,7 @@ async def generate(
     m.requests_deferred.inc()
     waiting = True
     try:
-        async for event in rt.llm.stream(messages, params, current.cancel):
+        async for event in rt.llm.stream(messages, params, current.cancel, cache_key=cache_key):
             if waiting:
                 waiting = False
                 m.requests_deferred.dec()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from aiohttp import web
 
 from models.errors import MemchatError
-from server import cli_memory
+from server import cli_chat, cli_memory, logs
 from server import settings as settings_mod
 
 
@@ -22,10 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the chat server")
     settings_mod.add_arguments(serve)
     cli_memory.add_commands(commands)
+    cli_chat.add_commands(commands)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if args.command == "chat":
+        return cli_chat.run(args)
+    logs.setup()
     if args.command == "serve":
         return _serve(args)
     if args.command in ("import", "eval"):
@@ -36,11 +36,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from server.app import create_app
+    from server.auth import startup_notice
 
     settings = settings_mod.load(args)
-    print(f"memchat: serving on http://{settings.host}:{settings.port}", file=sys.stderr)
+    logs.setup(settings.log_level, settings.log_format)
+    host = settings.listen_host()
+    print(f"memchat: {startup_notice(settings)}", file=sys.stderr)
+    print(f"memchat: serving on http://{host}:{settings.port}", file=sys.stderr)
     try:
-        web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+        web.run_app(create_app(settings), host=host, port=settings.port, print=None)
     except MemchatError as e:
         print(f"memchat: {e.message}", file=sys.stderr)
         return 1

@@ -58,3 +58,46 @@ def test_every_documented_option_is_a_flag() -> None:
 def test_a_bad_number_says_which_setting() -> None:
     with pytest.raises(SystemExit, match="port"):
         settings.load(_parse([]), env={"MEMCHAT_PORT": "eighty"})
+
+
+def test_api_keys_come_from_the_environment_and_a_file(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# users\ncarol:KEY3\n\n dave : KEY4 \n", encoding="utf-8")
+    env = {"MEMCHAT_API_KEYS": "alice:KEY1,bob:KEY2"}
+    s = settings.load(_parse(["--api-keys-file", str(keys_file)]), env=env)
+    assert [(k.user, k.key) for k in s.api_keys] == [
+        ("alice", "KEY1"),
+        ("bob", "KEY2"),
+        ("carol", "KEY3"),
+        ("dave", "KEY4"),
+    ]
+    assert s.auth_required
+    assert "KEY1" not in repr(s)
+    assert not settings.load(_parse([]), env={}).auth_required
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MEMCHAT_API_KEYS": "alice"}, "expected user:key"),
+        ({"MEMCHAT_API_KEYS": "al ice:K"}, "expected user:key"),
+        ({"MEMCHAT_API_KEYS": "alice:K,bob:K"}, "listed twice"),
+        ({"MEMCHAT_API_KEYS_FILE": "/no/such/file"}, "cannot read the API keys file"),
+        ({"MEMCHAT_ALLOW_UNAUTHENTICATED": "maybe"}, "true or false"),
+    ],
+)
+def test_bad_access_settings_say_what_is_wrong(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        settings.load(_parse([]), env=env)
+
+
+def test_origins_and_flags_parse() -> None:
+    env = {
+        "MEMCHAT_ALLOWED_ORIGINS": "https://a.example, http://b.example:3000",
+        "MEMCHAT_ALLOW_UNAUTHENTICATED": "true",
+        "MEMCHAT_RATE_LIMIT": "5",
+    }
+    s = settings.load(_parse([]), env=env)
+    assert s.allowed_origins == ("https://a.example", "http://b.example:3000")
+    assert s.allow_unauthenticated is True
+    assert s.rate_limit == 5
