@@ -7,6 +7,8 @@ Schema (every key of a user shares the `{user}` hash tag, so it lives in one clu
     memchat:{<user>}:conv:<cid>:msgs       hash   seq -> JSON message record
     memchat:{<user>}:conv:<cid>:vec        vset   seq -> embedding of that message
     memchat:{<user>}:conv:<cid>:summary    hash   text, version, upto_seq, tokens, updated_at
+    memchat:{<user>}:vec                   vset   "<cid>:<seq>" -> embedding (reserved: recall
+                                                  across a user's conversations; not written yet)
 """
 
 from __future__ import annotations
@@ -116,6 +118,10 @@ class Keys:
     def vectors(self, cid: str) -> str:
         """Vector set of one conversation's message embeddings."""
         return self.conversation(cid) + ":vec"
+
+    def user_vectors(self) -> str:
+        """Vector set across all of the user's conversations (reserved, not written yet)."""
+        return f"{self.base}:vec"
 
     def summary(self, cid: str) -> str:
         """Hash holding one conversation's rolling summary."""
