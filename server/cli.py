@@ -8,7 +8,7 @@ import sys
 from aiohttp import web
 
 from models.errors import MemchatError
-from server import cli_chat, cli_memory, logs
+from server import cli_bench, cli_chat, cli_memory, logs
 from server import settings as settings_mod
 
 
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the chat server")
     settings_mod.add_arguments(serve)
     cli_memory.add_commands(commands)
+    cli_bench.add_commands(commands)
     cli_chat.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "chat":
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command in ("import", "eval"):
         return cli_memory.run(args)
+    if args.command == "bench":
+        return cli_bench.run_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -54,6 +54,7 @@ class WsSink:
                 usage={
                     "prompt_tokens": done.prompt_tokens,
                     "completion_tokens": done.completion_tokens,
+                    "cached_tokens": done.cached_tokens,
                 },
                 timings={
                     "ttft_ms": round(done.ttft_ms, 1),
