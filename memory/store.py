@@ -178,12 +178,13 @@ class Store:
     async def list_conversations(self, user: str, limit: int = 200) -> list[Conversation]:
         """The user's conversations, most recently updated first."""
         keys = Keys(user)
-        cids = await self.redis.zrevrange(keys.conversations(), 0, limit - 1)
+        raw = await self.redis.zrevrange(keys.conversations(), 0, limit - 1)
+        cids = [_text(c) for c in raw if isinstance(c, str | bytes)]
         async with self.redis.pipeline(transaction=False) as p:
             for cid in cids:
-                p.hgetall(keys.conversation(_text(cid)))
+                p.hgetall(keys.conversation(cid))
             metas = await p.execute()
-        return [_conversation(user, _text(c), m) for c, m in zip(cids, metas, strict=True) if m]
+        return [_conversation(user, c, m) for c, m in zip(cids, metas, strict=True) if m]
 
     async def delete_conversation(self, user: str, cid: str) -> None:
         """Remove a conversation and everything derived from it."""
@@ -314,7 +315,8 @@ class Store:
                 await tx.unwatch()
                 return False
             tx.multi()
-            tx.hset(key, mapping={**asdict(summary), "updated_at": time.time()})
+            fields: dict[str, str | int | float] = {**asdict(summary), "updated_at": time.time()}
+            tx.hset(key, mapping=fields)  # type: ignore[arg-type]
             try:
                 await tx.execute()
             except RedisError:

@@ -341,7 +341,7 @@ async def _fill_vectors(rt: Runtime, n: int, seed_value: int) -> None:
 async def _count_vectors(rt: Runtime) -> int:
     total = 0
     async for key in rt.store.redis.scan_iter(match="memchat:*:vec", count=1000):
-        total += int(await rt.store.redis.execute_command("VCARD", key))  # type: ignore[no-untyped-call]
+        total += int(await rt.store.redis.execute_command("VCARD", key))
     return total
 
 

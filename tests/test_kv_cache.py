@@ -83,7 +83,10 @@ async def test_alternating_conversations_keep_their_kv_state(engine: LlamaEngine
     await engine.wait_ready()
     convs = {
         key: [ChatMessage("system", "You are brief.")]
-        + [ChatMessage("user", f"Conversation {key} fact {i}: the {key} river is long.") for i in range(6)]
+        + [
+            ChatMessage("user", f"Conversation {key} fact {i}: the {key} river is long.")
+            for i in range(6)
+        ]
         for key in ("kv-a", "kv-b")
     }
     for key, msgs in convs.items():
