@@ -18,7 +18,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,9 @@ from models.errors import BadRequest, NotFound, Unavailable
 PREFIX = "memchat"
 DEFAULT_USER = "local"
 TITLE_CHARS = 60
+SEARCH_LIMIT = 50
+SCAN_CHUNK = 500
+SNIPPET_CHARS = 80
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -81,6 +84,27 @@ class Summary:
     upto_seq: int = 0
     tokens: int = 0
 
+
+@dataclass(frozen=True)
+class ConversationSettings:
+    """A conversation's own reply settings; None follows the server's setting."""
+
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Found:
+    """A conversation matching a search: by title (seq None) or by a turn's text."""
+
+    conversation: Conversation
+    snippet: str
+    seq: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for the API."""
+        return {**self.conversation.as_dict(), "snippet": self.snippet, "seq": self.seq}
 
 @dataclass(frozen=True)
 class Hit:
@@ -324,6 +348,99 @@ class Store:
         return True
 
 
+    # --- Edits made from the browser UI: rename, search, settings, forget, rewrite. ---
+
+    async def rename_conversation(self, user: str, cid: str, title: str) -> Conversation:
+        """Give a conversation a new title."""
+        await self.get_conversation(user, cid)
+        await self.redis.hset(Keys(user).conversation(cid), "title", title)
+        return await self.get_conversation(user, cid)
+
+    async def search_conversations(
+        self, user: str, query: str, limit: int = SEARCH_LIMIT
+    ) -> list[Found]:
+        """The user's conversations whose title or any turn contains `query` (case-insensitive)."""
+        needle = query.casefold()
+        found: list[Found] = []
+        for conv in await self.list_conversations(user):
+            if needle in conv.title.casefold():
+                found.append(Found(conv, "", None))
+            else:
+                hit = await self._first_match(user, conv.id, needle)
+                if hit is not None:
+                    found.append(Found(conv, _snippet(hit.text, needle), hit.seq))
+            if len(found) >= limit:
+                break
+        return found
+
+    async def _first_match(self, user: str, cid: str, needle: str) -> Message | None:
+        key, cursor = Keys(user).messages(cid), 0
+        while True:
+            cursor, chunk = await self.redis.hscan(key, cursor, count=SCAN_CHUNK)
+            for raw in chunk.values() if isinstance(chunk, dict) else chunk:
+                m = Message.from_json(raw)
+                if needle in m.text.casefold():
+                    return m
+            if not cursor:
+                return None
+
+    async def get_settings(self, user: str, cid: str) -> ConversationSettings:
+        """A conversation's own reply settings (unset fields follow the server's)."""
+        await self.get_conversation(user, cid)
+        raw = await self.redis.hget(Keys(user).conversation(cid), "settings")
+        return ConversationSettings(**json.loads(raw)) if raw else ConversationSettings()
+
+    async def put_settings(self, user: str, cid: str, settings: ConversationSettings) -> None:
+        """Store a conversation's reply settings."""
+        await self.get_conversation(user, cid)
+        raw = json.dumps(asdict(settings), ensure_ascii=False)
+        await self.redis.hset(Keys(user).conversation(cid), "settings", raw)
+
+    async def message(self, user: str, cid: str, seq: int) -> Message:
+        """One stored turn, or NotFound."""
+        raw = await self.redis.hget(Keys(user).messages(cid), str(seq))
+        if raw is None:
+            raise NotFound("message_not_found", f"conversation {cid} has no turn {seq}")
+        return Message.from_json(raw)
+
+    async def last_message(self, user: str, cid: str) -> Message | None:
+        """The newest stored turn, if any."""
+        seqs = await self._seqs(user, cid)
+        return await self.message(user, cid, seqs[-1]) if seqs else None
+
+    async def forget_messages(self, user: str, cid: str, seqs: Sequence[int]) -> None:
+        """Remove turns and their vectors, atomically (a missing seq is skipped)."""
+        if not seqs:
+            return
+        keys = Keys(user)
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.hdel(keys.messages(cid), *[str(s) for s in seqs])
+            for seq in seqs:
+                tx.execute_command("VREM", keys.vectors(cid), str(seq))
+            tx.hset(keys.conversation(cid), "updated_at", time.time())
+            await tx.execute()
+
+    async def seqs_after(self, user: str, cid: str, seq: int) -> list[int]:
+        """The stored seqs newer than `seq`, in order."""
+        return [s for s in await self._seqs(user, cid) if s > seq]
+
+    async def rewrite_message(self, user: str, cid: str, seq: int, text: str) -> Message:
+        """Replace a turn's text (its vector is removed until it is indexed again)."""
+        keys = Keys(user)
+        old = await self.message(user, cid, seq)
+        new = replace(old, text=text, time=time.time())
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.hset(keys.messages(cid), str(seq), new.to_json())
+            tx.execute_command("VREM", keys.vectors(cid), str(seq))
+            tx.hset(keys.conversation(cid), "updated_at", new.time)
+            await tx.execute()
+        return new
+
+    async def _seqs(self, user: str, cid: str) -> list[int]:
+        await self.get_conversation(user, cid)
+        return sorted(int(_text(k)) for k in await self.redis.hkeys(Keys(user).messages(cid)))
+
+
 def _conversation(user: str, cid: str, raw: dict[Any, Any]) -> Conversation:
     d = {_text(k): _text(v) for k, v in raw.items()}
     return Conversation(
@@ -354,3 +471,10 @@ def _hits(raw: Any) -> list[Hit]:
         return [Hit(int(_text(k)), float(v)) for k, v in raw.items()]
     pairs = zip(raw[0::2], raw[1::2], strict=True)
     return [Hit(int(_text(e)), float(_text(s))) for e, s in pairs]
+
+
+def _snippet(text: str, needle: str) -> str:
+    flat = " ".join(text.split())
+    at = max(0, flat.casefold().find(needle) - SNIPPET_CHARS // 4)
+    cut = flat[at : at + SNIPPET_CHARS]
+    return ("…" if at else "") + cut + ("…" if at + SNIPPET_CHARS < len(flat) else "")

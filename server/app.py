@@ -16,7 +16,7 @@ from memory.manager import Embedder, MemoryManager
 from memory.store import Store
 from models.errors import Unavailable
 from models.types import ChatModel
-from server import api, auth, openai_api, ws
+from server import api, api_ui, auth, openai_api, ws
 from server.redis_process import EmbeddedRedis
 from server.runtime import RUNTIME, Runtime
 from server.settings import Settings
@@ -41,6 +41,7 @@ def create_app(
     app.cleanup_ctx.append(_resources(settings, llm, embedder, redis))
     app.on_shutdown.append(_close_sockets)
     api.setup_routes(app)
+    api_ui.setup_routes(app)
     openai_api.setup_routes(app)
     app.router.add_get("/ws", ws.handle)
     app.router.add_get("/", _index)

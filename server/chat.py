@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from memory.manager import ContextRecord
+from memory.store import Message
 from models.errors import BadRequest, ModelError, Unavailable
 from models.types import ChatMessage, Delta, Finished, SamplingParams
 from server.logs import request_id
@@ -48,6 +49,7 @@ class Ask:
     conversation_id: str | None  # None: start a new conversation
     system_prompt: str
     params: SamplingParams
+    asked: Message | None = None  # the user's turn, already stored (regenerate, edit)
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ async def reply(rt: Runtime, ask: Ask, sink: Sink, current: Reply) -> Outcome:
         await sink.conversation_created(cid)
     else:
         await rt.store.get_conversation(user, cid)
-    asked = await rt.memory.record(user, cid, "user", ask.text)
+    asked = ask.asked or await rt.memory.record(user, cid, "user", ask.text)
     await _try(sink.started(cid), current)
     budget = rt.memory.budget(rt.llm.n_ctx, ask.params.max_tokens, ask.system_prompt, ask.text)
     built = await rt.memory.build_context(
@@ -106,6 +108,19 @@ async def reply(rt: Runtime, ask: Ask, sink: Sink, current: Reply) -> Outcome:
         rt.spawn(_summarize(rt, user, cid))
     outcome = Outcome(text, status, done, cid, answer.seq)
     return await _finish(rt, outcome, sink, current, user)
+
+
+async def conversation_ask(
+    rt: Runtime, user: str, text: str, cid: str | None, asked: Message | None = None
+) -> Ask:
+    """An Ask on the server's settings, overridden by the conversation's own where set."""
+    d = rt.settings
+    own = await rt.store.get_settings(user, cid) if cid is not None else None
+    system = own.system_prompt if own and own.system_prompt is not None else d.system_prompt
+    temp = own.temperature if own and own.temperature is not None else d.temperature
+    tokens = own.max_tokens if own and own.max_tokens is not None else d.reply_tokens
+    params = SamplingParams(max_tokens=tokens, temperature=temp)
+    return Ask(user, text, cid, system, params, asked)
 
 
 async def stateless(

@@ -15,6 +15,8 @@ from server.errors import BadRequest
 # client -> server
 CHAT_SEND = "chat.send"
 RESPONSE_CANCEL = "response.cancel"
+CHAT_REGENERATE = "chat.regenerate"
+CHAT_EDIT = "chat.edit"
 
 # server -> client
 CONVERSATION_CREATED = "conversation.created"
@@ -42,7 +44,25 @@ class ResponseCancel:
     response_id: str | None = None
 
 
-ClientFrame = ChatSend | ResponseCancel
+@dataclass(frozen=True)
+class ChatRegenerate:
+    """Replace the conversation's last reply with a new one."""
+
+    conversation_id: str
+
+
+@dataclass(frozen=True)
+class ChatEdit:
+    """Replace user turn `seq`'s text, drop every later turn, and answer it again."""
+
+    conversation_id: str
+    seq: int
+    text: str
+
+
+ReplyFrame = ChatSend | ChatRegenerate | ChatEdit  # frames that start a reply
+ClientFrame = ReplyFrame | ResponseCancel
+CLIENT_TYPES = (CHAT_SEND, RESPONSE_CANCEL, CHAT_REGENERATE, CHAT_EDIT)
 
 
 def parse_client_frame(raw: str, max_chars: int) -> ClientFrame:
@@ -55,21 +75,34 @@ def parse_client_frame(raw: str, max_chars: int) -> ClientFrame:
         raise BadRequest("invalid_frame", "frames must be JSON objects with a 'type' field")
     kind = data.get("type")
     if kind == CHAT_SEND:
-        text = _field(data, "text", str, required=True)
-        if not text.strip():
-            raise BadRequest("empty_message", "'text' must not be empty")
-        if len(text) > max_chars:
-            raise BadRequest(
-                "message_too_long", f"'text' has {len(text)} characters; the limit is {max_chars}"
-            )
+        text = _text(data, max_chars)
         return ChatSend(text=text, conversation_id=_field(data, "conversation_id", str))
     if kind == RESPONSE_CANCEL:
         return ResponseCancel(response_id=_field(data, "response_id", str))
+    if kind == CHAT_REGENERATE:
+        return ChatRegenerate(_field(data, "conversation_id", str, required=True))
+    if kind == CHAT_EDIT:
+        seq = _field(data, "seq", int, required=True)
+        if isinstance(seq, bool) or seq < 1:
+            raise BadRequest("invalid_field", "'seq' must be a positive integer")
+        cid = _field(data, "conversation_id", str, required=True)
+        return ChatEdit(cid, seq, _text(data, max_chars))
     if not isinstance(kind, str):
         raise BadRequest("invalid_frame", "frames need a string 'type' field")
     raise BadRequest(
-        "unknown_type", f"unknown frame type {kind!r}; expected {CHAT_SEND} or {RESPONSE_CANCEL}"
+        "unknown_type", f"unknown frame type {kind!r}; expected one of {', '.join(CLIENT_TYPES)}"
     )
+
+
+def _text(data: dict[str, Any], max_chars: int) -> str:
+    text: str = _field(data, "text", str, required=True)
+    if not text.strip():
+        raise BadRequest("empty_message", "'text' must not be empty")
+    if len(text) > max_chars:
+        raise BadRequest(
+            "message_too_long", f"'text' has {len(text)} characters; the limit is {max_chars}"
+        )
+    return text
 
 
 def _field(data: dict[str, Any], name: str, kind: type, *, required: bool = False) -> Any:

@@ -10,11 +10,10 @@ from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
 from memory.manager import ContextRecord
-from models.errors import BadRequest, Busy, MemchatError
-from models.types import SamplingParams
-from server import protocol
+from models.errors import BadRequest, Busy, MemchatError, Unavailable
+from server import edits, protocol
 from server.auth import ACCESS, WS_PROTOCOL, Access, key_of, user_of
-from server.chat import Ask, Outcome, Reply, new_reply, reply
+from server.chat import Ask, Outcome, Reply, conversation_ask, new_reply, reply
 from server.runtime import RUNTIME, Runtime
 
 log = logging.getLogger(__name__)
@@ -104,18 +103,9 @@ class Session:
             raise BadRequest("unknown_response", f"no streaming reply {response_id}")
         self.current.cancel.set()
 
-    async def _run(self, frame: protocol.ChatSend, current: Reply) -> None:
+    async def _run(self, frame: protocol.ReplyFrame, current: Reply) -> None:
         try:
-            settings = self.rt.settings
-            ask = Ask(
-                user=self.user,
-                text=frame.text,
-                conversation_id=frame.conversation_id,
-                system_prompt=settings.system_prompt,
-                params=SamplingParams(
-                    max_tokens=settings.reply_tokens, temperature=settings.temperature
-                ),
-            )
+            ask = await self._ask(frame)
             await reply(self.rt, ask, WsSink(self, current), current)
         except MemchatError as e:
             await self.error(e.code, e.message, current.response_id)
@@ -125,6 +115,20 @@ class Session:
                 f"storage failed ({e}); retry when /health is ok",
                 current.response_id,
             )
+
+    async def _ask(self, frame: protocol.ReplyFrame) -> Ask:
+        """The reply a frame asks for; regenerate and edit first rewind the stored history."""
+        rt, user = self.rt, self.user
+        if isinstance(frame, protocol.ChatSend):
+            return await conversation_ask(rt, user, frame.text, frame.conversation_id)
+        if not rt.llm.ready:  # before anything is dropped
+            raise Unavailable("model_loading", "the model is still loading; retry in a moment")
+        cid = frame.conversation_id
+        if isinstance(frame, protocol.ChatEdit):
+            asked = await edits.rewind_for_edit(rt, user, cid, frame.seq, frame.text)
+        else:
+            asked = await edits.rewind_for_regenerate(rt, user, cid)
+        return await conversation_ask(rt, user, asked.text, cid, asked)
 
     async def error(self, code: str, message: str, response_id: str | None = None) -> None:
         """Tell the client what went wrong, if it is still there."""
