@@ -18,6 +18,8 @@ from memory.recall import Candidate, fuse, named_speaker
 from memory.render import RECALL_HEADER, SUMMARY_HEADER, as_chat, day_label, line_text, memory_text
 from memory.store import Message, Store, Summary
 from memory.summary import Summarizer, SummaryModel
+from memory.turns import Prefiller, Turns
+from models.errors import NotFound
 from models.types import ChatMessage, Tokenizer
 
 Vectors = npt.NDArray[np.float32]
@@ -107,6 +109,7 @@ class MemoryManager:
         embedder: Embedder | None,
         *,
         summarizer_model: SummaryModel | None = None,
+        prefiller: Prefiller | None = None,
     ) -> None:
         self.store = store
         self.tokenizer = tokenizer
@@ -116,6 +119,7 @@ class MemoryManager:
         self._recent_start: dict[tuple[str, str], int] = {}
         self._last_record: dict[tuple[str, str], ContextRecord] = {}
         self._blank = tokenizer.message_cost(ChatMessage("system", ""))
+        self.turns = Turns(self, prefiller)
 
     def budget(self, n_ctx: int, reply_reserve: int, system: str, new_message: str) -> Budget:
         """The history budget left once the system prompt, message and reply are reserved."""
@@ -288,16 +292,35 @@ class MemoryManager:
         vectors = await self.embedder.embed([line_text(m) for m in messages])
         await self.store.add_vectors(user, cid, [m.seq for m in messages], vectors)
 
+    async def build_turn(
+        self,
+        user: str,
+        cid: str,
+        new_message: str,
+        history_budget: int,
+        system: str,
+        *,
+        before: int,
+    ) -> BuiltContext:
+        """A chat turn's prompt along the conversation's cached layout (see memory/layout.py)."""
+        return await self.turns.build(user, cid, new_message, history_budget, system, before=before)
+
     async def after_reply(self, user: str, cid: str) -> None:
-        """Fold turns that left the recent window into the summary (run it in the background)."""
-        if self.summarizer is None:
-            return
-        upto = self._recent_start.get((user, cid), 1) - 1
-        await self.summarizer.fold(user, cid, upto)
+        """Background work after a reply: fold turns that left the timeline into the summary,
+        then, when the layout is nearly full, lay it out afresh and prefill its prefix."""
+        try:
+            if self.summarizer is not None:
+                upto = self._recent_start.get((user, cid), 1) - 1
+                await self.summarizer.fold(user, cid, upto)
+            await self.turns.prepare_next(user, cid)
+        except NotFound:
+            pass  # the conversation was deleted meanwhile: nothing left to prepare
 
     def invalidate(self, user: str, cid: str) -> None:
-        """Drop derived recall state after turns were forgotten or the conversation deleted."""
+        """Drop derived state after turns were forgotten, the summary edited or the conversation
+        deleted: the next reply lays its prompt out afresh."""
         self.indexes.invalidate(user, cid)
+        self.turns.stale.add((user, cid))
         self._recent_start.pop((user, cid), None)
         self._last_record.pop((user, cid), None)
 

@@ -7,6 +7,7 @@ Schema (every key of a user shares the `{user}` hash tag, so it lives in one clu
     memchat:{<user>}:conv:<cid>:msgs       hash   seq -> JSON message record
     memchat:{<user>}:conv:<cid>:vec        vset   seq -> embedding of that message
     memchat:{<user>}:conv:<cid>:summary    hash   text, version, upto_seq, tokens, updated_at
+    memchat:{<user>}:conv:<cid>:layout     string JSON: how the latest reply's prompt was laid out
     memchat:{<user>}:vec                   vset   "<cid>:<seq>" -> embedding (reserved: recall
                                                   across a user's conversations; not written yet)
 """
@@ -151,9 +152,19 @@ class Keys:
         """Hash holding one conversation's rolling summary."""
         return self.conversation(cid) + ":summary"
 
+    def layout(self, cid: str) -> str:
+        """String holding the prompt layout of the conversation's latest reply (JSON)."""
+        return self.conversation(cid) + ":layout"
+
     def of_conversation(self, cid: str) -> list[str]:
         """Every key that holds data of one conversation."""
-        return [self.conversation(cid), self.messages(cid), self.vectors(cid), self.summary(cid)]
+        return [
+            self.conversation(cid),
+            self.messages(cid),
+            self.vectors(cid),
+            self.summary(cid),
+            self.layout(cid),
+        ]
 
 
 class Store:
@@ -327,6 +338,19 @@ class Store:
         d = {_text(k): _text(v) for k, v in raw.items()}
         return Summary(d["text"], int(d["version"]), int(d["upto_seq"]), int(d["tokens"]))
 
+    async def get_layout(self, user: str, cid: str) -> str | None:
+        """The stored prompt layout (JSON), if any."""
+        raw = await self.redis.get(Keys(user).layout(cid))
+        return None if raw is None else _text(raw)
+
+    async def put_layout(self, user: str, cid: str, layout: str) -> None:
+        """Remember the prompt layout of the latest reply."""
+        await self.redis.set(Keys(user).layout(cid), layout)
+
+    async def drop_layout(self, user: str, cid: str) -> None:
+        """Forget the prompt layout; the next reply lays the prompt out afresh."""
+        await self.redis.delete(Keys(user).layout(cid))
+
     async def put_summary(
         self, user: str, cid: str, summary: Summary, *, expect_version: int
     ) -> bool:
@@ -346,7 +370,6 @@ class Store:
             except RedisError:
                 return False
         return True
-
 
     # --- Edits made from the browser UI: rename, search, settings, forget, rewrite. ---
 

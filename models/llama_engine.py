@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 PRIORITY_CHAT = 0
 PRIORITY_BACKGROUND = 10
 _N_BATCH = 512
+_PREFILL_CHUNK = 128  # tokens between checks for waiting chat requests
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class _Job:
     emit: Callable[[Delta | Finished], None]
     priority: int = PRIORITY_CHAT
     cache_key: str | None = None
+    prefill_only: bool = False  # evaluate the prompt into the KV cache; generate nothing
     submitted: float = field(default_factory=time.perf_counter)
 
 
@@ -130,6 +132,30 @@ class LlamaEngine:
             if isinstance(item, Finished):
                 return
 
+    async def prefill(self, messages: list[ChatMessage], *, cache_key: str) -> Finished:
+        """Evaluate a prompt prefix into `cache_key`'s KV state in the background.
+
+        The next reply whose prompt starts with these messages re-evaluates only what follows.
+        It gives way to chat requests between chunks; what it evaluated so far is kept.
+        """
+        if not self.ready:
+            raise Unavailable("model_loading", "the model is still loading; retry in a moment")
+        tokens = self.tokenizer.prompt_tokens(messages, add_generation_prompt=False)
+        if len(tokens) >= self.n_ctx:
+            raise BadRequest("context_overflow", f"a prefix of {len(tokens)} tokens does not fit")
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Finished] = loop.create_future()
+
+        def emit(item: Delta | Finished) -> None:
+            if isinstance(item, Finished):
+                loop.call_soon_threadsafe(result.set_result, item)
+
+        job = _Job(
+            tokens, SamplingParams(), threading.Event(), emit, PRIORITY_BACKGROUND, cache_key, True
+        )
+        self._jobs.put((PRIORITY_BACKGROUND, next(self._order), job))
+        return await result
+
     def close(self) -> None:
         """Stop the worker after the jobs already queued."""
         self._jobs.put((PRIORITY_BACKGROUND + 1, next(self._order), None))
@@ -149,7 +175,8 @@ class LlamaEngine:
                     self._chat_waiting -= 1
             try:
                 self._switch(llm, job)
-                job.emit(_generate(llm, job, self.n_ctx, self._preempted(job)))
+                run = _prefill if job.prefill_only else _generate
+                job.emit(run(llm, job, self.n_ctx, self._preempted(job)))
             except Exception as e:
                 log.exception("generation failed")
                 job.emit(Finished("error", len(job.tokens), 0, 0, 0.0, 0.0, error=str(e)))
@@ -235,6 +262,22 @@ def _generate(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) ->
         ttft_ms=(first - job.submitted) * 1000 if first else 0.0,
         tokens_per_s=(completion - 1) / (last - first) if completion > 1 and last > first else 0.0,
     )
+
+
+def _prefill(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) -> Finished:
+    """Evaluate the job's tokens after the longest cached prefix, in chunks that can yield."""
+    started = time.perf_counter()
+    cached = _common_prefix(list(llm._input_ids), job.tokens)
+    llm.n_tokens = cached
+    todo = job.tokens[cached:]
+    done = 0
+    while done < len(todo) and not preempted():
+        chunk = todo[done : done + _PREFILL_CHUNK]
+        llm.eval(chunk)
+        done += len(chunk)
+    reason = "completed" if done == len(todo) else "cancelled"
+    ms = (time.perf_counter() - started) * 1000
+    return Finished(reason, len(job.tokens), 0, cached, ms, 0.0)  # type: ignore[arg-type]
 
 
 def _snapshot(llm: Any) -> KVSnapshot:

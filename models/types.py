@@ -95,9 +95,17 @@ class ChatModel(Protocol):
         params: SamplingParams,
         cancel: CancelToken,
         *,
+        priority: int = ...,
         cache_key: str | None = None,
     ) -> AsyncIterator[Delta | Finished]:
-        """Yield reply deltas, then one Finished; `cache_key` names a conversation's KV state."""
+        """Yield reply deltas, then one Finished; `cache_key` names a conversation's KV state.
+
+        Lower `priority` goes first; background work yields to waiting chat requests.
+        """
+        ...
+
+    async def prefill(self, messages: list[ChatMessage], *, cache_key: str) -> Finished:
+        """Evaluate a prompt prefix into a conversation's KV state, in the background."""
         ...
 
     def close(self) -> None:

@@ -69,7 +69,10 @@ def _resources(
             store = Store(client)
             await _wait_for_redis(store)
             model = llm if llm is not None else _open_llm(settings)
-            rt = Runtime(settings, store, model, MemoryManager(store, model.tokenizer, embedder))
+            memory = MemoryManager(
+                store, model.tokenizer, embedder, summarizer_model=model, prefiller=model
+            )
+            rt = Runtime(settings, store, model, memory)
             if embedder is None:
                 rt.embedder_task = asyncio.create_task(_load_embedder(settings, rt.memory))
             app[RUNTIME] = rt

@@ -95,7 +95,7 @@ async def reply(rt: Runtime, ask: Ask, sink: Sink, current: Reply) -> Outcome:
     asked = ask.asked or await rt.memory.record(user, cid, "user", ask.text)
     await _try(sink.started(cid), current)
     budget = rt.memory.budget(rt.llm.n_ctx, ask.params.max_tokens, ask.system_prompt, ask.text)
-    built = await rt.memory.build_context(
+    built = await rt.memory.build_turn(
         user, cid, ask.text, budget.history, ask.system_prompt, before=asked.seq
     )
     _count_recalls(rt, built.record)
@@ -104,8 +104,7 @@ async def reply(rt: Runtime, ask: Ask, sink: Sink, current: Reply) -> Outcome:
     status = _status(done, current)
     answer = await rt.memory.record(user, cid, "assistant", text, status=status)
     rt.spawn(rt.memory.index(user, cid, [asked, answer]))
-    if rt.memory.summarizer is not None:
-        rt.spawn(_summarize(rt, user, cid))
+    rt.spawn(_after_reply(rt, user, cid))
     outcome = Outcome(text, status, done, cid, answer.seq)
     return await _finish(rt, outcome, sink, current, user)
 
@@ -234,7 +233,7 @@ def _count_recalls(rt: Runtime, record: ContextRecord) -> None:
         rt.metrics.recalled_turns.inc(recalled)
 
 
-async def _summarize(rt: Runtime, user: str, cid: str) -> None:
+async def _after_reply(rt: Runtime, user: str, cid: str) -> None:
     try:
         await rt.memory.after_reply(user, cid)
     except Exception:

@@ -15,6 +15,7 @@ from models.types import CancelToken, ChatMessage, Delta, Finished, SamplingPara
 WORD = re.compile(r"\w+|[^\w\s]")
 PER_MESSAGE = 4  # like ChatML: role markers and separators
 GENERATION_PROMPT = 3
+BACKGROUND_TEXT = "The user and the assistant talked about several everyday things."
 
 
 class FakeTokenizer:
@@ -37,6 +38,7 @@ class FakeLLM:
         self.tokenizer = FakeTokenizer()
         self.n_ctx = n_ctx
         self.history: list[list[ChatMessage]] = []
+        self.prefills: list[tuple[str, list[ChatMessage]]] = []
         self.replies: list[str] = []
         self.permits: asyncio.Semaphore | None = None  # when set, each token takes one permit
         self.is_ready = True
@@ -67,11 +69,14 @@ class FakeLLM:
         params: SamplingParams,
         cancel: CancelToken,
         *,
+        priority: int = 0,
         cache_key: str | None = None,
     ) -> AsyncIterator[Delta | Finished]:
         """Yield the next enqueued reply a word at a time."""
         self.history.append(list(messages))
-        text = self.replies.pop(0) if self.replies else "ok"
+        # Enqueued replies are for chat requests; background work (summaries) gets a stock text.
+        chat = priority == 0
+        text = self.replies.pop(0) if chat and self.replies else "ok" if chat else BACKGROUND_TEXT
         words = text.split(" ")
         sent = 0
         reason = "completed"
@@ -88,6 +93,12 @@ class FakeLLM:
             sent += 1
             await asyncio.sleep(0)
         yield Finished(reason, self.tokenizer.count(messages), sent, 0, 1.0, 100.0)  # type: ignore[arg-type]
+
+    async def prefill(self, messages: list[ChatMessage], *, cache_key: str) -> Finished:
+        """Record the prefix it was asked to evaluate."""
+        self.prefills.append((cache_key, list(messages)))
+        tokens = self.tokenizer.count(messages, add_generation_prompt=False)
+        return Finished("completed", tokens, 0, 0, 0.0, 0.0)
 
     def close(self) -> None:
         """Record that the owner released it."""
