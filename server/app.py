@@ -110,6 +110,7 @@ def _open_llm(settings: Settings) -> ChatModel:
         path,
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
+        flash_attn=settings.flash_attn,
         kv_ram_mb=settings.kv_ram_mb,
         kv_disk_mb=settings.kv_disk_mb,
         kv_dir=settings.data_dir / "kv",

@@ -206,12 +206,15 @@ class RawLlama:
     def __init__(self, settings: Settings) -> None:
         from llama_cpp import Llama
 
+        from models.llama_engine import threads
         from models.paths import default_chat_model, resolve
 
         self._llm = Llama(
             model_path=resolve(settings.model, default_chat_model()),
             n_ctx=settings.n_ctx,
-            n_threads=settings.n_threads or None,
+            n_threads=threads(settings.n_threads),
+            n_threads_batch=threads(settings.n_threads),
+            flash_attn=settings.flash_attn,
             verbose=False,
         )
         self._lock = threading.Lock()

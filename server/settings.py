@@ -35,7 +35,8 @@ class Settings:
     redis_url: str = ""  # empty: start an embedded redis-server under data_dir
     data_dir: Path = Path("data")
     n_ctx: int = 4096
-    n_threads: int = 0  # 0: llama.cpp picks
+    n_threads: int = 0  # 0: every core
+    flash_attn: bool = True
     reply_tokens: int = 512
     max_message_chars: int = 16_000
     system_prompt: str = "You are a helpful assistant."
@@ -72,7 +73,8 @@ _HELP = {
     "redis_url": "Redis 8 URL; without one memchat runs its own private redis-server",
     "data_dir": "folder for the embedded Redis's data",
     "n_ctx": "model context size in tokens",
-    "n_threads": "llama.cpp threads (0: automatic)",
+    "n_threads": "llama.cpp threads (0: every core)",
+    "flash_attn": "llama.cpp flash attention (true/false)",
     "reply_tokens": "tokens reserved for each reply",
     "max_message_chars": "longest accepted user message, in characters",
     "system_prompt": "system prompt of new conversations",
