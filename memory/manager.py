@@ -15,7 +15,16 @@ from memory.index_cache import ConversationIndex, IndexCache
 from memory.lexical import terms
 from memory.packing import Budget, Line, Turn, pack_lines, pack_recent, recent_budget, render_lines
 from memory.recall import Candidate, fuse, named_speaker
-from memory.render import RECALL_HEADER, SUMMARY_HEADER, as_chat, day_label, line_text, memory_text
+from memory.render import (
+    RECALL_HEADER,
+    SUMMARY_HEADER,
+    as_chat,
+    day_label,
+    line_text,
+    memory_text,
+    without_year,
+    year_shown_on_change,
+)
 from memory.store import Message, Store, Summary
 from memory.summary import Summarizer, SummaryModel
 from memory.turns import Prefiller, Turns
@@ -30,6 +39,8 @@ SUMMARY_SHARE = 0.2  # the summary is left out when it would take more of the bu
 VECTOR_CANDIDATES = 400  # nearest turns asked of the vector set
 MAX_KEPT_RECORDS = 256  # latest inspection records kept for the HTTP API
 MIN_LINE_TOKENS = 12  # a lower bound on a recalled line's cost, to size the candidate list
+MIN_RECENT_TURNS = 2  # the last exchange stays in the recent window whatever the message
+CONTINUED_TOP = 10  # the whole window stays when one of its turns ranks among this many best
 
 
 class Embedder(Protocol):
@@ -182,13 +193,23 @@ class MemoryManager:
         if summary_cost > query.budget * SUMMARY_SHARE:
             summary, summary_cost = Summary(), 0
         share = recent_budget(query.budget - summary_cost, RECENT_SHARE)
-        recent = pack_recent(newest_first, share)
-        overhead = self._blank + self._line_cost(RECALL_HEADER + "\n")
-        room = query.budget - summary_cost - sum(t.cost for t in recent) - overhead
-        lines = await self._recall(query, index, room, embedding)
-        exclude = frozenset(t.seq for t in recent)
-        days = {ln.day: self._line_cost(f"[{ln.day}]") for ln in lines}
-        return _Plan(summary, pack_lines(lines, max(0, room), exclude, days), recent)
+        window = pack_recent(newest_first, share)
+        room = query.budget - summary_cost - self._blank - self._line_cost(RECALL_HEADER + "\n")
+        lines = await self._recall(
+            query, index, room - _cost(window[-MIN_RECENT_TURNS:]), embedding
+        )
+        recent = _recent_window(window, lines)
+        room -= _cost(recent) + self._year_reserve(lines)
+        days = {ln.day: self._line_cost(f"[{without_year(ln.day)}]") for ln in lines}
+        packed = pack_lines(lines, max(0, room), frozenset(t.seq for t in recent), days)
+        return _Plan(summary, year_shown_on_change(packed), recent)
+
+    def _year_reserve(self, lines: list[Line]) -> int:
+        """Tokens the headings' years may add: one full heading per distinct year."""
+        labels = {ln.day.rsplit(" ", 1)[-1]: ln.day for ln in lines}.values()
+        return sum(
+            self._line_cost(f"[{d}]") - self._line_cost(f"[{without_year(d)}]") for d in labels
+        )
 
     async def _recall(
         self,
@@ -335,6 +356,19 @@ class MemoryManager:
 def _upto(index: ConversationIndex, last: int) -> list[Candidate]:
     end = bisect.bisect_right(index.candidates, last, key=lambda c: c.seq)
     return index.candidates[:end]
+
+
+def _cost(turns: list[Turn]) -> int:
+    return sum(t.cost for t in turns)
+
+
+def _recent_window(window: list[Turn], ranked: list[Line]) -> list[Turn]:
+    """The whole recent window when the message continues it (one of its turns ranks among the
+    best recall candidates), else only the last exchange: the rest of the share goes to recall."""
+    best = {ln.seq for ln in ranked[:CONTINUED_TOP]}
+    if any(t.seq in best for t in window):
+        return window
+    return window[-MIN_RECENT_TURNS:]
 
 
 def _empty(plan: _Plan) -> bool:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
 
+from memory.packing import Line
 from memory.store import Message
 from models.types import ChatMessage
 
@@ -39,6 +42,24 @@ def day_label(at: float) -> str:
 def _label_of_day(day: int) -> str:
     d = datetime.fromtimestamp(day * SECONDS_PER_DAY, tz=UTC)
     return f"{d.day} {d:%B %Y}"
+
+
+def without_year(label: str) -> str:
+    """A date heading without its year: `8 May 2023` -> `8 May`."""
+    return label.rsplit(" ", 1)[0]
+
+
+def year_shown_on_change(lines: Sequence[Line]) -> list[Line]:
+    """Lines in seq order, their date headings showing the year only where it changes."""
+    out: list[Line] = []
+    year, day, label = "", "", ""
+    for line in lines:
+        if line.day != day:
+            day, shown = line.day, line.day.rsplit(" ", 1)[-1]
+            label = day if shown != year else without_year(day)
+            year = shown
+        out.append(replace(line, day=label))
+    return out
 
 
 def memory_text(summary: str, recalled: str) -> str:
