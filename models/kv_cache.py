@@ -24,12 +24,12 @@ class KVSnapshot:
     """The tokens a llama.cpp sequence holds and its serialized KV state."""
 
     tokens: npt.NDArray[np.int32]
-    data: bytes
+    data: npt.NDArray[np.uint8]
 
     @property
     def nbytes(self) -> int:
         """Memory the snapshot takes."""
-        return len(self.data) + self.tokens.nbytes
+        return int(self.data.nbytes + self.tokens.nbytes)
 
 
 @dataclass
@@ -109,7 +109,7 @@ class KVCache:
         with self._path(key).open("wb") as f:
             f.write(np.array([len(snap.tokens)], dtype=_HEADER).tobytes())
             f.write(snap.tokens.astype(_TOKENS).tobytes())
-            f.write(snap.data)
+            f.write(np.ascontiguousarray(snap.data).data)
         self._disk[key] = snap.nbytes
         self._disk_used += snap.nbytes
         self.stats.spills += 1
@@ -119,7 +119,7 @@ class KVCache:
         n = int(np.frombuffer(raw[: _HEADER.itemsize], dtype=_HEADER)[0])
         end = _HEADER.itemsize + n * _TOKENS.itemsize
         tokens = np.frombuffer(raw[_HEADER.itemsize : end], dtype=_TOKENS).astype(np.int32)
-        return KVSnapshot(tokens, raw[end:])
+        return KVSnapshot(tokens, np.frombuffer(raw, dtype=np.uint8, offset=end))
 
     def _drop_disk(self, key: str) -> None:
         self._disk_used -= self._disk.pop(key)

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 PRIORITY_CHAT = 0
 PRIORITY_BACKGROUND = 10
 _N_BATCH = 512
-_PREFILL_CHUNK = 128  # tokens between checks for waiting chat requests
+_PREFILL_CHUNK = 64  # background tokens between checks for waiting chat requests
 
 
 @dataclass(frozen=True)
@@ -223,6 +223,9 @@ def _generate(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) ->
     params = job.params
     # llama.cpp re-evaluates at least the last prompt token to get fresh logits.
     cached = min(_common_prefix(list(llm._input_ids), job.tokens), len(job.tokens) - 1)
+    if job.priority != PRIORITY_CHAT and not _eval_chunks(llm, job.tokens[:-1], preempted):
+        # Background work yields to a waiting chat request even while reading its prompt.
+        return Finished("cancelled", len(job.tokens), 0, cached, 0.0, 0.0)
     budget = min(params.max_tokens, n_ctx - len(job.tokens))
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     completion = 0
@@ -277,16 +280,22 @@ def _prefill(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) -> 
     """Evaluate the job's tokens after the longest cached prefix, in chunks that can yield."""
     started = time.perf_counter()
     cached = _common_prefix(list(llm._input_ids), job.tokens)
-    llm.n_tokens = cached
-    todo = job.tokens[cached:]
-    done = 0
-    while done < len(todo) and not preempted():
-        chunk = todo[done : done + _PREFILL_CHUNK]
-        llm.eval(chunk)
-        done += len(chunk)
-    reason = "completed" if done == len(todo) else "cancelled"
+    reason = "completed" if _eval_chunks(llm, job.tokens, preempted) else "cancelled"
     ms = (time.perf_counter() - started) * 1000
     return Finished(reason, len(job.tokens), 0, cached, ms, 0.0)  # type: ignore[arg-type]
+
+
+def _eval_chunks(llm: Any, tokens: list[int], preempted: Callable[[], bool]) -> bool:
+    """Evaluate tokens after the longest cached prefix, in chunks; False if preempted first."""
+    done = _common_prefix(list(llm._input_ids), tokens)
+    llm.n_tokens = done
+    while done < len(tokens):
+        if preempted():
+            return False
+        chunk = tokens[done : done + _PREFILL_CHUNK]
+        llm.eval(chunk)
+        done += len(chunk)
+    return True
 
 
 def _snapshot(llm: Any) -> KVSnapshot:
@@ -295,10 +304,12 @@ def _snapshot(llm: Any) -> KVSnapshot:
     import llama_cpp
 
     size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
-    buf = (ctypes.c_uint8 * size)()
-    written = llama_cpp.llama_state_seq_get_data(llm.ctx, buf, size, 0)
+    buf = np.empty(size, dtype=np.uint8)  # written in place: no intermediate copies
+    written = llama_cpp.llama_state_seq_get_data(
+        llm.ctx, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size, 0
+    )
     tokens = np.asarray(llm._input_ids, dtype=np.int32).copy()
-    return KVSnapshot(tokens, bytes(buf)[:written])
+    return KVSnapshot(tokens, buf[:written])
 
 
 def _restore(llm: Any, snap: KVSnapshot) -> None:
@@ -306,8 +317,9 @@ def _restore(llm: Any, snap: KVSnapshot) -> None:
 
     import llama_cpp
 
-    buf = (ctypes.c_uint8 * len(snap.data)).from_buffer_copy(snap.data)
-    if not llama_cpp.llama_state_seq_set_data(llm.ctx, buf, len(snap.data), 0):
+    data = np.ascontiguousarray(snap.data)
+    pointer = data.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+    if not llama_cpp.llama_state_seq_set_data(llm.ctx, pointer, data.size, 0):
         llm.reset()  # a failed restore leaves nothing reusable; generate() starts afresh
         return
     n = len(snap.tokens)
