@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 BM25_K1 = 1.5
 BM25_B = 0.75
 _WORD_RE = re.compile(r"[a-z0-9]+")
-_SUFFIXES = ("ing", "ed", "es", "s", "ly")
+_SUFFIXES = ("ing", "ed", "ly")
 _MIN_STEM = 3
+_VOWELS = frozenset("aeiou")
+_DOUBLES_KEPT = frozenset("lsz")  # 'fall', 'dress', 'buzz' keep their double consonant
 STOPWORDS = frozenset(
     """a an the and or but if of to in on at by for with about as into from is are was were be
     been being do does did done have has had i me my you your he she it its we our they them their
@@ -23,10 +25,32 @@ STOPWORDS = frozenset(
 
 
 def stem(word: str) -> str:
-    """A light suffix-stripping stem, so 'painted' and 'painting' meet 'paint'."""
+    """A light stem that joins plurals and -ing/-ed forms with their base word: 'turtles' and
+    'turtle', 'cities' and 'city', 'painted', 'painting' and 'paint', 'baking' and 'bake'."""
+    word = _singular(word)
     for suffix in _SUFFIXES:
-        if len(word) > len(suffix) + _MIN_STEM - 1 and word.endswith(suffix):
-            return word[: -len(suffix)]
+        if len(word) >= len(suffix) + _MIN_STEM and word.endswith(suffix):
+            word = word[: -len(suffix)]
+            if (
+                len(word) > _MIN_STEM
+                and word[-1] == word[-2]
+                and word[-1] not in _VOWELS | _DOUBLES_KEPT
+            ):
+                word = word[:-1]  # running -> run
+            break
+    if len(word) > _MIN_STEM and word[-1] in "ey":  # bake/bak(ing), city/citi(es), movie/movi(es)
+        word = word[:-1] + ("i" if word[-1] == "y" else "")
+    return word
+
+
+def _singular(word: str) -> str:
+    """Harman's S-stemmer: -ies to -y, -es to -e, -s dropped (not -us, -ss, -is)."""
+    if len(word) > _MIN_STEM + 1 and word.endswith("ies") and not word.endswith(("eies", "aies")):
+        return word[:-3] + "y"
+    if len(word) > _MIN_STEM and word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
+        return word[:-1]
+    if len(word) > _MIN_STEM and word.endswith("s") and not word.endswith(("us", "ss", "is")):
+        return word[:-1]
     return word
 
 
