@@ -76,6 +76,7 @@ class LlamaEngine:
             config.kv_ram_mb << 20, config.kv_dir, config.kv_disk_mb << 20 if config.kv_dir else 0
         )
         self._active_key: str | None = None
+        self._parked = -1  # n_tokens of the active state when it was last saved while idle
         self._thread = threading.Thread(target=self._run, name="llama-worker", daemon=True)
         self._thread.start()
 
@@ -182,14 +183,25 @@ class LlamaEngine:
             except Exception as e:
                 log.exception("generation failed")
                 job.emit(Finished("error", len(job.tokens), 0, 0, 0.0, 0.0, error=str(e)))
+            if self._jobs.empty():
+                self._park(llm)
         llm.close()
+
+    def _park(self, llm: Any) -> None:
+        """While idle, save the active conversation's state, so a later switch costs no save."""
+        if self._active_key is None or llm.n_tokens in (0, self._parked):
+            return
+        self.kv.put(self._active_key, _snapshot(llm))
+        self._parked = llm.n_tokens
 
     def _switch(self, llm: Any, job: _Job) -> None:
         """Park the active conversation's KV state and bring back the job's, if that helps."""
         if job.cache_key == self._active_key:
+            self._parked = -1  # the job changes the state; the parked copy goes stale
             return
-        if self._active_key is not None and llm.n_tokens > 0:
+        if self._active_key is not None and llm.n_tokens > 0 and self._parked != llm.n_tokens:
             self.kv.put(self._active_key, _snapshot(llm))
+        self._parked = -1
         self._active_key = job.cache_key
         snap = self.kv.take(job.cache_key) if job.cache_key is not None else None
         current = _common_prefix(list(llm._input_ids), job.tokens)
