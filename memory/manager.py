@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
@@ -14,7 +15,7 @@ import numpy.typing as npt
 from memory.index_cache import ConversationIndex, IndexCache
 from memory.lexical import terms
 from memory.packing import Budget, Line, Turn, pack_lines, pack_recent, recent_budget, render_lines
-from memory.recall import Candidate, fuse, named_speaker
+from memory.recall import Candidate, fuse, named_speaker, without_names
 from memory.render import (
     RECALL_HEADER,
     SUMMARY_HEADER,
@@ -155,7 +156,8 @@ class MemoryManager:
         last = index.upto if before is None else min(index.upto, before - 1)
         query = _Query(user, cid, new_message, last, history_budget)
         older = _upto(index, last)
-        embedding = self._start_embedding(new_message) if len(older) > RECENT_FETCH else None
+        big = len(older) > RECENT_FETCH
+        embedding = self._start_embedding(new_message, index.speakers) if big else None
         newest = [index.messages[c.seq] for c in reversed(older[-RECENT_FETCH:])]
         newest_first = [Turn(m.seq, self._cost(m)) for m in newest]
         everything = pack_recent(newest_first, history_budget)
@@ -175,11 +177,15 @@ class MemoryManager:
         """The inspection record of the conversation's latest context build, if any."""
         return self._last_record.get((user, cid))
 
-    def _start_embedding(self, text: str) -> asyncio.Future[Vectors] | None:
-        """Embed the message while the rest of the build proceeds."""
+    def _start_embedding(
+        self, text: str, speakers: Iterable[str] = ()
+    ) -> asyncio.Future[Vectors] | None:
+        """Embed the message (and its copy without speaker names) while the build proceeds."""
         if self.embedder is None:
             return None
-        return asyncio.ensure_future(self.embedder.embed([text]))
+        content = without_names(text, speakers)
+        texts = [text, content] if content and content != text else [text]
+        return asyncio.ensure_future(self.embedder.embed(texts))
 
     async def _plan(
         self,
@@ -224,7 +230,7 @@ class MemoryManager:
         vector: dict[int, float] = {}
         if embedding is not None:
             hits = await self.store.similar(
-                query.user, query.cid, (await embedding)[0], VECTOR_CANDIDATES
+                query.user, query.cid, _direction(await embedding), VECTOR_CANDIDATES
             )
             vector = {h.seq: h.score for h in hits if h.seq <= query.last}
         ranked = fuse(cands, vector, lexical, named_speaker(query.text, index.speakers))
@@ -356,6 +362,14 @@ class MemoryManager:
 def _upto(index: ConversationIndex, last: int) -> list[Candidate]:
     end = bisect.bisect_right(index.candidates, last, key=lambda c: c.seq)
     return index.candidates[:end]
+
+
+def _direction(vectors: Vectors) -> Vectors:
+    """The normalized mean of the message's vectors."""
+    mean = vectors.mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    out: Vectors = (mean / norm if norm > 0 else mean).astype(np.float32)
+    return out
 
 
 def _cost(turns: list[Turn]) -> int:

@@ -46,6 +46,20 @@ def named_speaker(message: str, speakers: Iterable[str]) -> str | None:
     return named.pop() if len(named) == 1 else None
 
 
+def without_names(message: str, speakers: Iterable[str]) -> str:
+    """The message with the speakers' first names (and a possessive 's) taken out.
+
+    Turns are embedded as `speaker: text`, so a name in the message would pull its vector
+    towards every turn of that speaker (the speaker bonus already rewards those); the message's
+    vector is the mean of the message's and this name-free copy's, so content decides more.
+    """
+    names = sorted({s.split()[0] for s in speakers if s.strip()}, key=len, reverse=True)
+    if not names:
+        return message
+    pattern = r"\b(?:" + "|".join(map(re.escape, names)) + r")(?:'s)?\b"
+    return " ".join(re.sub(pattern, " ", message, flags=re.IGNORECASE).split())
+
+
 def zscores(values: Floats) -> Floats:
     """Standardized scores; a constant signal contributes nothing."""
     std = float(values.std()) if values.size else 0.0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
 from redis.asyncio import Redis
 
 from memory.manager import MemoryManager
 from memory.packing import Line, render_lines
+from memory.recall import without_names
 from memory.render import year_shown_on_change
 from memory.store import Store
 from tests.fakes import FakeEmbedder, FakeTokenizer
@@ -60,3 +63,38 @@ async def test_a_message_continuing_the_recent_turns_keeps_the_whole_window(
     built = await memory.build_context("ctx", cid, "Which ferry to Porto harbour?", 600, "s")
     recent = [t.seq for t in built.record.turns if t.reason == "recent"]
     assert len(recent) > 2 and recent[-1] == 120
+
+
+def test_without_names_takes_out_the_speakers_first_names() -> None:
+    speakers = {"Ann Lee", "Bo"}
+    assert without_names("What did Ann's sister tell bo?", speakers) == "What did sister tell ?"
+    assert without_names("Where is Annapolis?", speakers) == "Where is Annapolis?"
+    assert without_names("Where?", set()) == "Where?"
+
+
+class RecordingEmbedder(FakeEmbedder):
+    """A fake embedder that records each batch it was asked to embed."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    async def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        self.batches.append(list(texts))
+        return await super().embed(texts)
+
+
+async def test_a_message_naming_a_speaker_is_also_embedded_without_the_name(
+    redis: Redis,
+) -> None:
+    store = Store(redis)
+    embedder = RecordingEmbedder()
+    memory = MemoryManager(store, FakeTokenizer(), embedder)
+    cid = await _conversation(store, memory)
+    built = await memory.build_context("ctx", cid, "Where is Bo's sewing machine from?", 400, "s")
+    assert embedder.batches[-1] == [
+        "Where is Bo's sewing machine from?",
+        "Where is sewing machine from?",
+    ]
+    assert 31 in {t.seq for t in built.record.turns if t.reason == "recalled"}
+    await memory.build_context("ctx", cid, "Where is the sewing machine from?", 400, "s")
+    assert embedder.batches[-1] == ["Where is the sewing machine from?"]
