@@ -132,11 +132,12 @@ class Turns:
         head, _, _ = await self._stable(query, index, fresh, [])
         fixed = self.m.tokenizer.count([ChatMessage("system", layout.system)])
         history = self.m.tokenizer.count(head, add_generation_prompt=False) - fixed
-        await self.m.store.put_layout(
-            user, cid, fresh.with_note(0, [], history, layout.budget).to_json()
-        )
+        done = await self.prefiller.prefill(head, cache_key=cid)
+        if done.reason != "completed":
+            return False  # a chat request came first; the current layout still has room
+        staged = fresh.with_note(0, [], history, layout.budget)
+        await self.m.store.put_layout(user, cid, staged.to_json())
         self.m._recent_start[(user, cid)] = fresh.anchor
-        await self.prefiller.prefill(head, cache_key=cid)
         return True
 
     async def _load(self, user: str, cid: str, system: str, last: int) -> Layout | None:

@@ -87,6 +87,13 @@ class KVCache:
         self.stats.misses += 1
         return None
 
+    def peek(self, key: str) -> KVSnapshot | None:
+        """A snapshot, left in place (read back from disk if it spilled)."""
+        snap = self._ram.get(key)
+        if snap is None and key in self._disk:
+            snap = self._read(key)
+        return snap
+
     def discard(self, key: str) -> None:
         """Forget a key wherever it is."""
         snap = self._ram.pop(key, None)

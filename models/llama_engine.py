@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 PRIORITY_CHAT = 0
 PRIORITY_BACKGROUND = 10
 _N_BATCH = 512
+_STAGED = "\x00next"  # suffix of the key a conversation's prefilled next prefix is kept under
 _PREFILL_CHUNK = 64  # background tokens between checks for waiting chat requests
 
 
@@ -153,8 +154,9 @@ class LlamaEngine:
             if isinstance(item, Finished):
                 loop.call_soon_threadsafe(result.set_result, item)
 
+        staged = cache_key + _STAGED
         job = _Job(
-            tokens, SamplingParams(), threading.Event(), emit, PRIORITY_BACKGROUND, cache_key, True
+            tokens, SamplingParams(), threading.Event(), emit, PRIORITY_BACKGROUND, staged, True
         )
         self._jobs.put((PRIORITY_BACKGROUND, next(self._order), job))
         return await result
@@ -195,18 +197,33 @@ class LlamaEngine:
         self._parked = llm.n_tokens
 
     def _switch(self, llm: Any, job: _Job) -> None:
-        """Park the active conversation's KV state and bring back the job's, if that helps."""
-        if job.cache_key == self._active_key:
-            self._parked = -1  # the job changes the state; the parked copy goes stale
+        """Start the job from the best KV state it has: the context as it is, the conversation's
+        parked state, or a prefix prefilled for its next reply; park what gets replaced."""
+        key = job.cache_key
+        if key is not None and key == self._active_key:
+            self._parked = -1  # the job changes the state; a parked copy goes stale
             return
-        if self._active_key is not None and llm.n_tokens > 0 and self._parked != llm.n_tokens:
-            self.kv.put(self._active_key, _snapshot(llm))
+        family = _family(key)
+        in_context = key is None or self._active_key in family
+        best = _common_prefix(list(llm._input_ids), job.tokens) if in_context else -1
+        choice = None
+        for k in family:
+            snap = self.kv.peek(k)
+            if (
+                snap is not None
+                and (found := _common_prefix(snap.tokens.tolist(), job.tokens)) > best
+            ):
+                best, choice = found, k
+        if choice is not None or not in_context:
+            self._park(llm)
+        if choice is not None:
+            snap = self.kv.take(choice)
+            if snap is not None:
+                _restore(llm, snap)
+        for k in family:
+            self.kv.discard(k)  # the context holds this conversation's state from here on
+        self._active_key = key
         self._parked = -1
-        self._active_key = job.cache_key
-        snap = self.kv.take(job.cache_key) if job.cache_key is not None else None
-        current = _common_prefix(list(llm._input_ids), job.tokens)
-        if snap is not None and _common_prefix(snap.tokens.tolist(), job.tokens) > current:
-            _restore(llm, snap)
 
     def _preempted(self, job: _Job) -> Callable[[], bool]:
         """Background work gives way as soon as a chat request is waiting."""
@@ -281,6 +298,15 @@ def _generate(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) ->
         ttft_ms=(first - job.submitted) * 1000 if first else 0.0,
         tokens_per_s=(completion - 1) / (last - first) if completion > 1 and last > first else 0.0,
     )
+
+
+def _family(key: str | None) -> tuple[str, ...]:
+    """The KV states a job for `key` may start from: its own and its staged next prefix."""
+    if key is None:
+        return ()
+    if key.endswith(_STAGED):
+        return (key,)
+    return (key, key + _STAGED)
 
 
 def threads(configured: int) -> int:

@@ -95,3 +95,21 @@ async def test_alternating_conversations_keep_their_kv_state(engine: LlamaEngine
         msgs.append(ChatMessage("user", f"What about {key}?"))
         done = await _ask(engine, msgs, key)
         assert done.cached_tokens >= engine.tokenizer.count(msgs[:-1], add_generation_prompt=False)
+
+
+@pytest.mark.integration
+async def test_a_prefilled_prefix_serves_the_next_reply(engine: LlamaEngine) -> None:
+    await engine.wait_ready()
+    old = [ChatMessage("system", "You are brief.")] + [
+        ChatMessage("user", f"Old layout line {i} about lighthouses.") for i in range(5)
+    ]
+    await _ask(engine, old, "kv-p")
+    fresh = [
+        ChatMessage("system", "You are brief."),
+        ChatMessage("system", "Summary: the user likes lighthouses and storms."),
+    ] + [ChatMessage("user", f"New layout line {i} about harbours.") for i in range(5)]
+    done = await engine.prefill(fresh, cache_key="kv-p")
+    assert (done.reason, done.completion_tokens) == ("completed", 0)
+    await _ask(engine, [ChatMessage("system", "x")], "kv-other")  # something else runs between
+    reply = await _ask(engine, [*fresh, ChatMessage("user", "Which harbour?")], "kv-p")
+    assert reply.cached_tokens >= engine.tokenizer.count(fresh, add_generation_prompt=False)
