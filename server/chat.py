@@ -206,9 +206,11 @@ async def _finish(rt: Runtime, outcome: Outcome, sink: Sink, current: Reply, use
         rt.metrics.errors.labels("model_error").inc()
         log.error("generation failed: %s", done.error)
     log.info(
-        "reply %s: prompt_tokens=%d completion_tokens=%d ttft_ms=%.1f user=%s conversation=%s",
+        "reply %s: prompt_tokens=%d cached_tokens=%d completion_tokens=%d ttft_ms=%.1f user=%s "
+        "conversation=%s",
         outcome.status,
         done.prompt_tokens,
+        done.cached_tokens,
         done.completion_tokens,
         done.ttft_ms,
         user,
@@ -216,6 +218,7 @@ async def _finish(rt: Runtime, outcome: Outcome, sink: Sink, current: Reply, use
         extra={
             "status": outcome.status,
             "prompt_tokens": done.prompt_tokens,
+            "cached_tokens": done.cached_tokens,
             "completion_tokens": done.completion_tokens,
             "ttft_ms": round(done.ttft_ms, 1),
             "user": user,
