@@ -226,7 +226,8 @@ class MemoryManager:
     ) -> list[Line]:
         """Candidate lines, best first: vector and lexical scores fused with structure."""
         cands = _upto(index, query.last)
-        lexical = index.lexical.scores(terms(query.text))
+        # names: the speaker bonus rewards the named speaker's turns; BM25 scores the content
+        lexical = index.lexical.scores(terms(without_names(query.text, index.speakers)))
         vector: dict[int, float] = {}
         if embedding is not None:
             hits = await self.store.similar(

@@ -51,7 +51,8 @@ def without_names(message: str, speakers: Iterable[str]) -> str:
 
     Turns are embedded as `speaker: text`, so a name in the message would pull its vector
     towards every turn of that speaker (the speaker bonus already rewards those); the message's
-    vector is the mean of the message's and this name-free copy's, so content decides more.
+    vector is the mean of the message's and this name-free copy's, so content decides more, and
+    BM25 scores the name-free copy (a name would favour short greetings that use it).
     """
     names = sorted({s.split()[0] for s in speakers if s.strip()}, key=len, reverse=True)
     if not names:

@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 from redis.asyncio import Redis
 
+from memory.lexical import LexicalIndex, terms
 from memory.manager import MemoryManager
 from memory.packing import Line, render_lines
 from memory.recall import without_names
@@ -98,3 +99,11 @@ async def test_a_message_naming_a_speaker_is_also_embedded_without_the_name(
     assert 31 in {t.seq for t in built.record.turns if t.reason == "recalled"}
     await memory.build_context("ctx", cid, "Where is the sewing machine from?", 400, "s")
     assert embedder.batches[-1] == ["Where is the sewing machine from?"]
+
+
+def test_bm25_scores_the_content_of_a_message_not_the_speaker_it_names() -> None:
+    index = LexicalIndex()
+    index.add(1, terms("Bo: Hi Ann!"))
+    index.add(2, terms("Ann: We adopted a puppy named Rex"))
+    scores = index.scores(terms(without_names("Which puppy did Ann adopt?", {"Ann", "Bo"})))
+    assert set(scores) == {2}
