@@ -28,7 +28,8 @@ class ConversationIndex:
     candidates: list[Candidate] = field(default_factory=list)
     speakers: set[str] = field(default_factory=set)
     messages: dict[int, Message] = field(default_factory=dict)
-    line_costs: dict[int, int] = field(default_factory=dict)  # filled by the manager
+    lines: dict[int, tuple[str, str, int]] = field(default_factory=dict)  # by the manager:
+    # seq -> (date heading, line text, tokens), so a recalled line is costed once
     _last: Message | None = None
 
     def add(self, messages: list[Message]) -> None:

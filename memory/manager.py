@@ -206,7 +206,7 @@ class MemoryManager:
         )
         recent = _recent_window(window, lines)
         room -= _cost(recent) + self._year_reserve(lines)
-        days = {ln.day: self._line_cost(f"[{without_year(ln.day)}]") for ln in lines}
+        days = {d: self._line_cost(f"[{without_year(d)}]") for d in {ln.day for ln in lines}}
         packed = pack_lines(lines, max(0, room), frozenset(t.seq for t in recent), days)
         return _Plan(summary, year_shown_on_change(packed), recent)
 
@@ -239,11 +239,12 @@ class MemoryManager:
         return [self._line(index, seq, score) for seq, score in wanted]
 
     def _line(self, index: ConversationIndex, seq: int, score: float) -> Line:
-        m = index.messages[seq]
-        cost = index.line_costs.get(seq)
-        if cost is None:
-            cost = index.line_costs[seq] = self._line_cost(line_text(m))
-        return Line(seq, day_label(m.time), line_text(m), cost, score)
+        known = index.lines.get(seq)
+        if known is None:
+            m = index.messages[seq]
+            text = line_text(m)
+            known = index.lines[seq] = (day_label(m.time), text, self._line_cost(text))
+        return Line(seq, known[0], known[1], known[2], score)
 
     async def _verified(self, query: _Query, plan: _Plan) -> tuple[_Plan, dict[int, Message]]:
         """Re-read the chosen turns from Redis, the source of truth; drop any since forgotten."""

@@ -110,8 +110,12 @@ def spread_to_neighbours(cands: Sequence[Candidate], score: Floats, drop: float)
 
 def day_strength(cands: Sequence[Candidate], score: Floats, top: int) -> Floats:
     """Each turn's day score: the mean of that day's `top` best turn scores."""
-    by_day: dict[int, list[float]] = {}
-    for c, s in zip(cands, score, strict=True):
-        by_day.setdefault(c.day, []).append(float(s))
-    means = {d: float(np.mean(sorted(v, reverse=True)[:top])) for d, v in by_day.items()}
-    return np.array([means[c.day] for c in cands], dtype=np.float64)
+    days = np.fromiter((c.day for c in cands), dtype=np.int64, count=len(cands))
+    unique, inverse = np.unique(days, return_inverse=True)
+    means = np.empty(len(unique), dtype=np.float64)
+    for i in range(len(unique)):
+        values = score[inverse == i]
+        best = min(top, values.size)
+        means[i] = np.partition(values, values.size - best)[values.size - best :].mean()
+    out: Floats = means[inverse]
+    return out
