@@ -12,8 +12,11 @@ from models.embedder import SentenceEmbedder
 from models.llama_engine import EngineConfig, LlamaEngine
 from models.paths import default_chat_model, default_embedder
 from models.tokenizer import GGUFTokenizer
+from server.app import create_app
 from server.redis_process import EmbeddedRedis
 from server.settings import Settings
+from tests.fakes import FakeEmbedder, FakeLLM
+from tests.wsutil import Client, MakeClient
 
 TEST_CTX = 2048
 
@@ -63,3 +66,17 @@ def tokenizer() -> GGUFTokenizer:
 def settings(redis_url: str, tmp_path: Path) -> Settings:
     """Settings for an app on the shared test Redis."""
     return Settings(redis_url=redis_url, data_dir=tmp_path, n_ctx=TEST_CTX, reply_tokens=64)
+
+
+@pytest.fixture
+def llm() -> FakeLLM:
+    """A fake model that records prompts; override in a module for other sizes."""
+    return FakeLLM()
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: MakeClient, settings: Settings, llm: FakeLLM, redis: Redis
+) -> Client:
+    """The real app on the real Redis, with the fake model and a text-dependent embedder."""
+    return await aiohttp_client(create_app(settings, llm=llm, embedder=FakeEmbedder()))

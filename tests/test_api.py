@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from server.app import create_app
-from server.settings import Settings
-from tests.fakes import FakeEmbedder, FakeLLM
-from tests.wsutil import chat, drain
-
-Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-def llm() -> FakeLLM:
-    return FakeLLM()
-
-
-@pytest.fixture
-async def client(
-    aiohttp_client: MakeClient, settings: Settings, llm: FakeLLM, redis: Redis
-) -> Client:
-    return await aiohttp_client(create_app(settings, llm=llm, embedder=FakeEmbedder()))
+from tests.fakes import FakeLLM
+from tests.wsutil import Client, chat, drain
 
 
 async def test_create_list_and_read_conversations(client: Client) -> None:

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from server.app import create_app
-from server.settings import Settings
-from tests.fakes import FakeEmbedder, FakeLLM
-from tests.wsutil import chat, collect, drain
-
-Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-def llm() -> FakeLLM:
-    return FakeLLM()
-
-
-@pytest.fixture
-async def client(
-    aiohttp_client: MakeClient, settings: Settings, llm: FakeLLM, redis: Redis
-) -> Client:
-    return await aiohttp_client(create_app(settings, llm=llm, embedder=FakeEmbedder()))
+from tests.fakes import FakeLLM
+from tests.wsutil import Client, chat, collect, drain
 
 
 async def _messages(client: Client, cid: str) -> list[dict[str, Any]]:
@@ -167,7 +147,7 @@ async def test_a_second_send_while_streaming_is_refused(client: Client, llm: Fak
     async with client.ws_connect("/ws") as ws:
         await ws.send_json({"type": "chat.send", "text": "first"})
         await ws.send_json({"type": "chat.send", "text": "second"})
-        frames = []
+        frames: list[dict[str, Any]] = []
         while not any(f.get("code") == "busy" for f in frames):
             frames.append(await ws.receive_json())
         llm.allow(10)

@@ -113,7 +113,9 @@ async def test_recall_notes_bring_back_old_turns_once(memory: MemoryManager) -> 
     assert sum("4417 zebra harmonica" in t for t in texts) == 1, "recalled once, not twice"
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     lengths=st.lists(st.integers(min_value=1, max_value=120), min_size=2, max_size=40),
     budget=st.integers(min_value=150, max_value=1500),

@@ -5,11 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
@@ -17,22 +16,7 @@ from server.app import create_app
 from server.logs import JsonFormatter, RequestIdFilter
 from server.settings import Settings
 from tests.fakes import FakeEmbedder, FakeLLM
-from tests.wsutil import chat, collect
-
-Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-def llm() -> FakeLLM:
-    return FakeLLM()
-
-
-@pytest.fixture
-async def client(
-    aiohttp_client: MakeClient, settings: Settings, llm: FakeLLM, redis: Redis
-) -> Client:
-    return await aiohttp_client(create_app(settings, llm=llm, embedder=FakeEmbedder()))
+from tests.wsutil import Client, MakeClient, chat, collect
 
 
 async def _metrics(client: Client) -> dict[str, float]:

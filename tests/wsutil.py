@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse
+from aiohttp.test_utils import TestClient
 
 END_TYPES = {"response.done", "error"}
+Client = TestClient[Any, Any]
+MakeClient = Callable[..., Awaitable[Client]]
 
 
 @dataclass
