@@ -3,6 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
+# The browser tests drive Debian's chromium through Playwright (which downloads no browser).
+if [ ! -x /usr/bin/chromium ]; then
+    apt-get update && apt-get install -y chromium
+fi
 install_project '.[test]'
 .venv/bin/ruff check server memory models tests
 .venv/bin/mypy

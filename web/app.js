@@ -39,6 +39,7 @@ export const state = {
   ws: null, connected: false, retry: 500, opened: false,
   cid: null, title: "", messages: [], conversations: [],
   streaming: null, // { id, text, context, el, cid }
+  replies: 0, deltas: 0, // replies finished and pieces streamed since the page opened
 };
 state.refresh = () => openConversation(state.cid);
 window.memchat = { state, FRAMES }; // for debugging from the console (and the browser tests)
@@ -69,6 +70,7 @@ function conversationItem(c) {
   open.appendChild(h("span", "when", c.snippet || new Date(c.updated_at * 1000).toLocaleString()));
   const rename = button("✎", "icon rename", () => startRename(li, c), "Rename");
   const del = button("✕", "icon delete", () => confirmDelete(del, c), "Delete");
+  if (pendingDelete === c.id) { del.classList.add("confirm"); del.textContent = "Delete?"; }
   li.append(open, rename, del);
   return li;
 }
@@ -96,13 +98,19 @@ function startRename(li, c) {
   input.onblur = () => done(true);
 }
 
+let pendingDelete = null; // the conversation whose delete button asks to confirm
+
 function confirmDelete(btn, c) {
-  if (!btn.classList.contains("confirm")) {
+  if (pendingDelete !== c.id) {
+    pendingDelete = c.id;
     btn.classList.add("confirm");
     btn.textContent = "Delete?";
-    setTimeout(() => { btn.classList.remove("confirm"); btn.textContent = "✕"; }, 4000);
+    setTimeout(() => {
+      if (pendingDelete === c.id) { pendingDelete = null; loadConversations().catch(() => {}); }
+    }, 4000);
     return;
   }
+  pendingDelete = null;
   api(cidPath(c.id), { method: "DELETE" }).then(async () => {
     if (c.id === state.cid) await openConversation(null);
     else await loadConversations();
@@ -118,6 +126,7 @@ function showTitle() {
 /** Show a conversation as stored (null: a new, empty one). */
 export async function openConversation(cid, focusSeq) {
   state.cid = cid;
+  history.replaceState(null, "", cid ? `#${cid}` : location.pathname);
   state.messages = [];
   if (cid) {
     const [conv, data] = await Promise.all([api(cidPath(cid)), api(`${cidPath(cid)}/messages`)]);
@@ -277,6 +286,7 @@ async function finishReply(frame) {
   }
   if (s.cid && s.cid === state.cid) await openConversation(state.cid);
   else renderMessages();
+  state.replies++;
 }
 
 function onFrame(frame) {
@@ -297,6 +307,7 @@ function onFrame(frame) {
       if (s && frame.response_id === s.id) {
         if (!s.text) s.el.querySelector(".meta").replaceChildren();
         s.text += frame.delta;
+        state.deltas++;
         paintStream();
       }
       break;
@@ -351,9 +362,20 @@ async function reconnect(wasOpen) {
     try { await api("/api/conversations"); } catch { /* shown on the next try */ }
   }
   connect();
-  const cid = state.interrupted || state.cid;
+  const cid = state.interrupted;
   state.interrupted = null;
-  if (cid && cid === state.cid) await openConversation(cid).catch(() => {});
+  if (cid && cid === state.cid) await showInterrupted(cid);
+}
+
+/** Show the conversation as stored once the interrupted reply is (the server stores it as
+ * soon as generation stops, which can be a moment after the socket dropped). */
+async function showInterrupted(cid) {
+  for (let i = 0; i < 20 && cid === state.cid; i++) {
+    await openConversation(cid).catch(() => {});
+    const last = state.messages[state.messages.length - 1];
+    if (!last || last.role === "assistant") return;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 }
 
 // ---- theme, keyboard, start ----
@@ -393,7 +415,14 @@ function start() {
     clearTimeout(timer);
     timer = setTimeout(() => loadConversations().catch((e) => setStatus(e.message)), 200);
   });
-  loadConversations().catch((e) => setStatus(e.message)).finally(connect);
+  window.addEventListener("hashchange", () => {
+    const want = location.hash.slice(1) || null;
+    if (want !== state.cid && !state.streaming) openConversation(want).catch((e) => setStatus(e.message));
+  });
+  const linked = location.hash.slice(1);
+  (linked ? openConversation(linked) : loadConversations())
+    .catch((e) => { setStatus(e.message); return openConversation(null).catch(() => {}); })
+    .finally(connect);
   renderMessages();
 }
 
