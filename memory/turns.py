@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from memory.layout import (
@@ -48,9 +49,10 @@ class Prefiller(Protocol):
 class _Lazy:
     """The new message's embedding, started only if recall turns out to be needed."""
 
-    def __init__(self, manager: MemoryManager, text: str) -> None:
+    def __init__(self, manager: MemoryManager, text: str, speakers: Iterable[str]) -> None:
         self._manager = manager
         self._text = text
+        self._speakers = tuple(speakers)
         self._future: asyncio.Future[Vectors] | None = None
         self._started = False
 
@@ -58,7 +60,7 @@ class _Lazy:
         """The embedding in progress (None without an embedder or a text)."""
         if not self._started and self._text:
             self._started = True
-            self._future = self._manager._start_embedding(self._text)
+            self._future = self._manager._start_embedding(self._text, self._speakers)
         return self._future
 
 
@@ -82,7 +84,7 @@ class Turns:
         index = await self.m.indexes.get(user, cid)
         last = min(index.upto, before - 1)
         query = _Query(user, cid, text, last, budget)
-        embedding = _Lazy(self.m, text)
+        embedding = _Lazy(self.m, text, index.speakers)
         layout = await self._load(user, cid, system, last)
         fixed = self.m.tokenizer.count([ChatMessage("system", system), ChatMessage("user", text)])
         for _ in range(2):
@@ -127,7 +129,7 @@ class Turns:
             "",
         )  # fmt: skip
         query = _Query(user, cid, question, last, layout.budget)
-        embedding = _Lazy(self.m, question)
+        embedding = _Lazy(self.m, question, index.speakers)
         fresh = await self._reset(query, index, layout.system, embedding)
         head, _, _ = await self._stable(query, index, fresh, [])
         fixed = self.m.tokenizer.count([ChatMessage("system", layout.system)])
