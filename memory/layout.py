@@ -29,8 +29,8 @@ NOTE_HEADER = "Recalled from earlier in this conversation:"
 RESET_RECENT_SHARE = 0.3  # of the history budget: the timeline right after a reset
 RESET_RECALL_SHARE = 0.2  # of the history budget: turns recalled into the stable prefix
 SUMMARY_SHARE = 0.15  # the summary is left out of the prefix when it would take more
-NOTE_SHARE = 0.05  # of the history budget: one turn's recall note, at most...
-NOTE_MIN_TOKENS = 64  # ...but always room for a turn or two
+NOTE_TOKENS = 64  # default cap of one turn's recall note: every note token is evaluated
+# while the user waits for the first token, so it is the price of recall on each reply
 NOTE_MIN_SCORE = 1.5  # fused score (a z-score) a turn needs to be worth a note
 PREFILL_SHARE = 0.8  # past this share of the budget, the next layout is prepared in the background
 

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from memory.index_cache import ConversationIndex, IndexCache
+from memory.layout import NOTE_TOKENS
 from memory.lexical import terms
 from memory.packing import Budget, Line, Turn, pack_lines, pack_recent, recent_budget, render_lines
 from memory.recall import Candidate, fuse, named_speaker, without_names
@@ -122,6 +123,7 @@ class MemoryManager:
         *,
         summarizer_model: SummaryModel | None = None,
         prefiller: Prefiller | None = None,
+        note_tokens: int = NOTE_TOKENS,
     ) -> None:
         self.store = store
         self.tokenizer = tokenizer
@@ -131,7 +133,7 @@ class MemoryManager:
         self._recent_start: dict[tuple[str, str], int] = {}
         self._last_record: dict[tuple[str, str], ContextRecord] = {}
         self._blank = tokenizer.message_cost(ChatMessage("system", ""))
-        self.turns = Turns(self, prefiller)
+        self.turns = Turns(self, prefiller, note_tokens)
 
     def budget(self, n_ctx: int, reply_reserve: int, system: str, new_message: str) -> Budget:
         """The history budget left once the system prompt, message and reply are reserved."""

@@ -14,8 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from memory.layout import (
-    NOTE_MIN_TOKENS,
-    NOTE_SHARE,
+    NOTE_TOKENS,
     RESET_RECALL_SHARE,
     RESET_RECENT_SHARE,
     SUMMARY_SHARE,
@@ -67,8 +66,11 @@ class _Lazy:
 class Turns:
     """Builds chat-turn prompts along a persistent, append-only layout."""
 
-    def __init__(self, manager: MemoryManager, prefiller: Prefiller | None) -> None:
+    def __init__(
+        self, manager: MemoryManager, prefiller: Prefiller | None, note_tokens: int = NOTE_TOKENS
+    ) -> None:
         self.m = manager
+        self.note_tokens = note_tokens
         self.prefiller = prefiller
         self.stale: set[tuple[str, str]] = (
             set()
@@ -195,9 +197,9 @@ class Turns:
         embedding: _Lazy,
     ) -> list[Line]:
         """This turn's recall note: strong matches that are nowhere in the prompt yet."""
-        if layout.anchor <= 1 or not query.text:
+        if layout.anchor <= 1 or not query.text or self.note_tokens <= 0:
             return []
-        room = min(query.budget // 4, max(NOTE_MIN_TOKENS, int(query.budget * NOTE_SHARE)))
+        room = min(query.budget // 4, self.note_tokens)
         ranked = await self.m._recall(query, index, room, embedding.start())
         exclude = set(range(layout.anchor, query.last + 1)) | layout.recalled_seqs()
         days = {ln.day: self.m._line_cost(f"[{ln.day}]") for ln in ranked}

@@ -70,7 +70,12 @@ def _resources(
             await _wait_for_redis(store)
             model = llm if llm is not None else _open_llm(settings)
             memory = MemoryManager(
-                store, model.tokenizer, embedder, summarizer_model=model, prefiller=model
+                store,
+                model.tokenizer,
+                embedder,
+                summarizer_model=model,
+                prefiller=model,
+                note_tokens=settings.recall_note_tokens,
             )
             rt = Runtime(settings, store, model, memory)
             if embedder is None:

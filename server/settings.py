@@ -42,6 +42,7 @@ class Settings:
     system_prompt: str = "You are a helpful assistant."
     temperature: float = 0.7
     kv_ram_mb: int = 1024
+    recall_note_tokens: int = 64
     kv_disk_mb: int = 4096
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
     api_keys: tuple[ApiKey, ...] = ()
@@ -79,6 +80,7 @@ _HELP = {
     "max_message_chars": "longest accepted user message, in characters",
     "system_prompt": "system prompt of new conversations",
     "temperature": "sampling temperature",
+    "recall_note_tokens": "tokens of turns recalled for each message (0: only at layout resets)",
     "kv_ram_mb": "RAM for saved per-conversation KV state, in MiB",
     "kv_disk_mb": "disk (under data_dir/kv) for KV state spilled from RAM, in MiB",
     "web_dir": "folder of the browser UI's static files",
