@@ -250,7 +250,18 @@ class RawLlama:
 
 
 async def bench_long(settings: Settings, cfg: BenchConfig) -> dict[str, Any]:
-    """First-token time with many prior turns, over first-token time at turn 2."""
+    """First-token time with many prior turns over turn 2: as configured, then without
+    per-message recall notes (what each note token costs the user)."""
+    configured = await _long(settings, cfg)
+    without_notes = await _long(replace(settings, recall_note_tokens=0), cfg)
+    return configured | {
+        "ttft_ratio_300_no_notes": without_notes["ttft_ratio_300"],
+        "kv_reuse_no_notes": without_notes["kv_reuse"],
+        "recall_note_tokens": settings.recall_note_tokens,
+    }
+
+
+async def _long(settings: Settings, cfg: BenchConfig) -> dict[str, Any]:
     rng = random.Random(cfg.seed)
     async with serving(settings) as (rt, client):
         early: list[float] = []

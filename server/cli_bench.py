@@ -20,6 +20,7 @@ TARGETS = [
     ("stream", "stream_efficiency", "websocket tokens/s over raw llama-cpp-python", 0.95, True),
     ("long", "ttft_ratio_300", "first-token time, 300 prior turns / turn 2", 1.5, False),
     ("long", "kv_reuse", "share of prompt tokens reused from KV cache", 0.7, True),
+    ("long", "ttft_ratio_300_no_notes", "the same, without per-message recall notes", 1.5, False),
     ("scale", "build_p95_ms_10k", "context build p95 (ms), 10k turns, 1M vectors", 50.0, False),
     ("alternating", "alternating_ratio", "first-token time, 4 conversations / 1", 1.5, False),
 ]
