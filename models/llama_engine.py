@@ -31,7 +31,7 @@ PRIORITY_CHAT = 0
 PRIORITY_BACKGROUND = 10
 _N_BATCH = 512
 _STAGED = "\x00next"  # suffix of the key a conversation's prefilled next prefix is kept under
-_PREFILL_CHUNK = 64  # background tokens between checks for waiting chat requests
+_PREFILL_CHUNK = 32  # background tokens between checks for waiting chat requests
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class EngineConfig:
     kv_ram_mb: int = 1024
     kv_disk_mb: int = 4096
     kv_dir: Path | None = None
+    idle_grace_s: float = 1.0  # quiet time after a reply before background work and parking
 
 
 @dataclass
@@ -78,6 +79,8 @@ class LlamaEngine:
         )
         self._active_key: str | None = None
         self._parked = -1  # n_tokens of the active state when it was last saved while idle
+        self._last_chat = 0.0  # monotonic time the last chat job ended
+        self._chat_arrived = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llama-worker", daemon=True)
         self._thread.start()
 
@@ -130,6 +133,8 @@ class LlamaEngine:
                 self._chat_waiting += 1
         job = _Job(tokens, params, cancel, emit, priority, cache_key)
         self._jobs.put((priority, next(self._order), job))
+        if priority == PRIORITY_CHAT:
+            self._chat_arrived.set()
         while True:
             item = await out.get()
             yield item
@@ -174,7 +179,7 @@ class LlamaEngine:
             self._ready.set()
             return
         self._ready.set()
-        while (job := self._jobs.get()[2]) is not None:
+        while (job := self._next_job(llm)) is not None:
             if job.priority == PRIORITY_CHAT:
                 with self._waiting_lock:
                     self._chat_waiting -= 1
@@ -185,9 +190,27 @@ class LlamaEngine:
             except Exception as e:
                 log.exception("generation failed")
                 job.emit(Finished("error", len(job.tokens), 0, 0, 0.0, 0.0, error=str(e)))
-            if self._jobs.empty():
-                self._park(llm)
+            if job.priority == PRIORITY_CHAT:
+                self._last_chat = time.monotonic()
         llm.close()
+
+    def _next_job(self, llm: Any) -> _Job | None:
+        """The next job; background work waits until chat has been quiet for `idle_grace_s`,
+        and the active state is parked once the worker has been idle that long."""
+        grace = self.config.idle_grace_s
+        while True:
+            try:
+                item = self._jobs.get(timeout=grace)
+            except queue.Empty:
+                self._park(llm)
+                item = self._jobs.get()
+            job = item[2]
+            quiet = self._last_chat + grace - time.monotonic()
+            if job is None or job.priority == PRIORITY_CHAT or quiet <= 0:
+                return job
+            self._jobs.put(item)  # a user is likely to send again soon: keep the engine free
+            self._chat_arrived.wait(quiet)
+            self._chat_arrived.clear()
 
     def _park(self, llm: Any) -> None:
         """While idle, save the active conversation's state, so a later switch costs no save."""
