@@ -5,7 +5,10 @@ cd "$(dirname "$0")/.."
 source scripts/venv.sh
 # The browser tests drive Debian's chromium through Playwright (which downloads no browser).
 if [ ! -x /usr/bin/chromium ]; then
-    apt-get update && apt-get install -y chromium
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
 fi
 install_project '.[test]'
 .venv/bin/ruff check server memory models tests
