@@ -317,11 +317,20 @@ class MemoryManager:
         return await self.store.append(user, cid, role, text, status=status, at=time.time())
 
     async def index(self, user: str, cid: str, messages: list[Message]) -> None:
-        """Embed stored turns (as `speaker: text`) and add them to the conversation's vector set."""
-        if self.embedder is None or not messages:
+        """Embed stored turns (as `speaker: text`) and add them to the conversation's vector set;
+        cost their recalled lines now, so that context builds find them costed."""
+        if not messages:
             return
-        vectors = await self.embedder.embed([line_text(m) for m in messages])
-        await self.store.add_vectors(user, cid, [m.seq for m in messages], vectors)
+        if self.embedder is not None:
+            vectors = await self.embedder.embed([line_text(m) for m in messages])
+            await self.store.add_vectors(user, cid, [m.seq for m in messages], vectors)
+        try:
+            index = await self.indexes.get(user, cid)
+        except NotFound:
+            return  # deleted meanwhile
+        for m in messages:
+            if m.seq in index.messages:
+                self._line(index, m.seq, 0.0)
 
     async def build_turn(
         self,
