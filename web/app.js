@@ -3,6 +3,7 @@
 // textContent (see markdown.js): it can never inject markup or script.
 "use strict";
 
+import { button, el, h } from "./dom.js";
 import { api, apiKey, askForKey, cidPath } from "./api.js";
 import { copyText, renderMarkdown } from "./markdown.js";
 import { closePanel, openInspector, openMemory, openSettings, panelShows, records } from "./panels.js";
@@ -20,20 +21,6 @@ const FRAMES = {
   ERROR: "error",
 };
 
-const el = (id) => document.getElementById(id);
-const h = (tag, cls, text) => {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined) node.textContent = text;
-  return node;
-};
-const button = (text, cls, onClick, title) => {
-  const b = h("button", cls, text);
-  b.type = "button";
-  if (title) b.title = title;
-  b.addEventListener("click", onClick);
-  return b;
-};
 
 export const state = {
   ws: null, connected: false, retry: 500, opened: false,

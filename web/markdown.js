@@ -4,12 +4,7 @@
 // paragraphs, and inline code, bold, italic, strikethrough and http(s)/mailto links.
 "use strict";
 
-const h = (tag, cls, text) => {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined) node.textContent = text;
-  return node;
-};
+import { h } from "./dom.js";
 
 const FENCE = /^\s{0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
 const HEADING = /^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;

@@ -2,21 +2,9 @@
 // turns, forget one) and its settings. Text goes in through textContent only.
 "use strict";
 
+import { button, el, h } from "./dom.js";
 import { api, cidPath } from "./api.js";
 
-const el = (id) => document.getElementById(id);
-const h = (tag, cls, text) => {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined) node.textContent = text;
-  return node;
-};
-const button = (text, cls, onClick) => {
-  const b = h("button", cls, text);
-  b.type = "button";
-  b.addEventListener("click", onClick);
-  return b;
-};
 const day = (t) => new Date(t * 1000).toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric" });
 const when = (t) => new Date(t * 1000).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
 
