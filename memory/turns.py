@@ -72,9 +72,8 @@ class Turns:
         self.m = manager
         self.note_tokens = note_tokens
         self.prefiller = prefiller
-        self.stale: set[tuple[str, str]] = (
-            set()
-        )  # layouts to redo (turns forgotten, summary edited)
+        # Conversations whose layout must be redone (turns forgotten, summary edited).
+        self.stale: set[tuple[str, str]] = set()
 
     async def build(
         self, user: str, cid: str, text: str, budget: int, system: str, *, before: int
@@ -134,8 +133,10 @@ class Turns:
         embedding = _Lazy(self.m, question, index.speakers)
         fresh = await self._reset(query, index, layout.system, embedding)
         head, _, _ = await self._stable(query, index, fresh, [])
-        fixed = self.m.tokenizer.count([ChatMessage("system", layout.system)])
-        history = self.m.tokenizer.count(head, add_generation_prompt=False) - fixed
+        system = [ChatMessage("system", layout.system)]
+        history = self.m.tokenizer.count(
+            head, add_generation_prompt=False
+        ) - self.m.tokenizer.count(system, add_generation_prompt=False)
         done = await self.prefiller.prefill(head, cache_key=cid)
         if done.reason != "completed":
             return False  # a chat request came first; the current layout still has room
