@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError, WatchError
 
 from models.errors import BadRequest, NotFound, Unavailable
 
@@ -305,13 +305,23 @@ class Store:
 
     async def add_vectors(
         self, user: str, cid: str, seqs: Sequence[int], vectors: npt.NDArray[np.float32]
-    ) -> None:
-        """Index message embeddings for recall."""
-        key = Keys(user).vectors(cid)
-        async with self.redis.pipeline(transaction=False) as p:
+    ) -> bool:
+        """Index message embeddings for recall; False (and nothing written) when the
+        conversation was deleted meanwhile, so a late embedding leaves no orphan vectors."""
+        keys = Keys(user)
+        async with self.redis.pipeline(transaction=True) as tx:
+            await tx.watch(keys.conversation(cid))
+            if not await tx.exists(keys.conversation(cid)):
+                await tx.unwatch()
+                return False
+            tx.multi()
             for seq, vec in zip(seqs, vectors, strict=True):
-                p.execute_command("VADD", key, "FP32", _blob(vec), str(seq))
-            await p.execute()
+                tx.execute_command("VADD", keys.vectors(cid), "FP32", _blob(vec), str(seq))
+            try:
+                await tx.execute()
+            except WatchError:
+                return False  # deleted (or rewritten) while we embedded
+        return True
 
     async def similar(
         self, user: str, cid: str, vector: npt.NDArray[np.float32], k: int

@@ -140,3 +140,13 @@ def test_layout_survives_its_stored_form() -> None:
         base=(Recalled(1, 2.5),), notes={9: (Recalled(3, 1.7),)}, history_tokens=100, budget=900,
     )  # fmt: skip
     assert Layout.from_json(layout.to_json()) == layout
+
+
+async def test_late_embeddings_of_a_deleted_conversation_leave_no_vectors(redis: Redis) -> None:
+    store = Store(redis)
+    cid = (await store.create_conversation(USER)).id
+    vectors = await FakeEmbedder().embed(["kept a moment"])
+    assert await store.add_vectors(USER, cid, [1], vectors)
+    await store.delete_conversation(USER, cid)
+    assert not await store.add_vectors(USER, cid, [2], vectors)
+    assert await redis.keys(f"*{cid}*") == []
