@@ -9,56 +9,36 @@ import asyncio
 import codecs
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.errors import BadRequest, Unavailable
+from models.errors import Unavailable
+from models.jobs import (
+    PREFILL_CHUNK,
+    PRIORITY_BACKGROUND,
+    PRIORITY_CHAT,
+    EngineConfig,
+    Job,
+    common_prefix,
+    encode,
+    family,
+    prefill_job,
+    relay,
+    streaming_job,
+    threads,
+)
 from models.kv_cache import KVCache, KVSnapshot
 from models.tokenizer import GGUFTokenizer
 from models.types import CancelToken, ChatMessage, Delta, Finished, SamplingParams
 
 log = logging.getLogger(__name__)
 
-PRIORITY_CHAT = 0
-PRIORITY_BACKGROUND = 10
-_N_BATCH = 512
-_STAGED = "\x00next"  # suffix of the key a conversation's prefilled next prefix is kept under
-_PREFILL_CHUNK = 32  # background tokens between checks for waiting chat requests
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How to open the GGUF model, and how much KV state to keep per conversation."""
-
-    model_path: str
-    n_ctx: int = 4096
-    n_threads: int = 0  # 0: every core (llama-cpp-python's own default is half of them)
-    flash_attn: bool = True  # faster prompt evaluation and decoding on CPU (see BENCHMARKS.md)
-    n_batch: int = _N_BATCH
-    kv_ram_mb: int = 1024
-    kv_disk_mb: int = 4096
-    kv_dir: Path | None = None
-    idle_grace_s: float = 1.0  # quiet time after a reply before background work and parking
-
-
-@dataclass
-class _Job:
-    tokens: list[int]
-    params: SamplingParams
-    cancel: CancelToken
-    emit: Callable[[Delta | Finished], None]
-    priority: int = PRIORITY_CHAT
-    cache_key: str | None = None
-    prefill_only: bool = False  # evaluate the prompt into the KV cache; generate nothing
-    submitted: float = field(default_factory=time.perf_counter)
+__all__ = ["PRIORITY_BACKGROUND", "PRIORITY_CHAT", "EngineConfig", "LlamaEngine", "threads"]
 
 
 class LlamaEngine:
@@ -68,7 +48,7 @@ class LlamaEngine:
         self.config = config
         self.n_ctx = config.n_ctx
         self.tokenizer = GGUFTokenizer(config.model_path)
-        self._jobs: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
+        self._jobs: queue.PriorityQueue[tuple[int, int, Job | None]] = queue.PriorityQueue()
         self._order = itertools.count()
         self._ready = threading.Event()
         self._waiting_lock = threading.Lock()
@@ -116,30 +96,16 @@ class LlamaEngine:
         """
         if not self.ready:
             raise Unavailable("model_loading", "the model is still loading; retry in a moment")
-        tokens = self.tokenizer.prompt_tokens(messages)
-        if len(tokens) >= self.n_ctx:
-            raise BadRequest(
-                "context_overflow",
-                f"the prompt has {len(tokens)} tokens; the model's context holds {self.n_ctx}",
-            )
-        loop = asyncio.get_running_loop()
-        out: asyncio.Queue[Delta | Finished] = asyncio.Queue()
-
-        def emit(item: Delta | Finished) -> None:
-            loop.call_soon_threadsafe(out.put_nowait, item)
-
+        tokens = encode(self.tokenizer, messages, self.n_ctx)
+        job, out = streaming_job(tokens, params, cancel, priority, cache_key)
         if priority == PRIORITY_CHAT:
             with self._waiting_lock:
                 self._chat_waiting += 1
-        job = _Job(tokens, params, cancel, emit, priority, cache_key)
         self._jobs.put((priority, next(self._order), job))
         if priority == PRIORITY_CHAT:
             self._chat_arrived.set()
-        while True:
-            item = await out.get()
+        async for item in relay(out):
             yield item
-            if isinstance(item, Finished):
-                return
 
     async def prefill(self, messages: list[ChatMessage], *, cache_key: str) -> Finished:
         """Evaluate a prompt prefix into `cache_key`'s KV state in the background.
@@ -149,20 +115,8 @@ class LlamaEngine:
         """
         if not self.ready:
             raise Unavailable("model_loading", "the model is still loading; retry in a moment")
-        tokens = self.tokenizer.prompt_tokens(messages, add_generation_prompt=False)
-        if len(tokens) >= self.n_ctx:
-            raise BadRequest("context_overflow", f"a prefix of {len(tokens)} tokens does not fit")
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[Finished] = loop.create_future()
-
-        def emit(item: Delta | Finished) -> None:
-            if isinstance(item, Finished):
-                loop.call_soon_threadsafe(result.set_result, item)
-
-        staged = cache_key + _STAGED
-        job = _Job(
-            tokens, SamplingParams(), threading.Event(), emit, PRIORITY_BACKGROUND, staged, True
-        )
+        tokens = encode(self.tokenizer, messages, self.n_ctx, add_generation_prompt=False)
+        job, result = prefill_job(tokens, cache_key, threading.Event())
         self._jobs.put((PRIORITY_BACKGROUND, next(self._order), job))
         return await result
 
@@ -194,7 +148,7 @@ class LlamaEngine:
                 self._last_chat = time.monotonic()
         llm.close()
 
-    def _next_job(self, llm: Any) -> _Job | None:
+    def _next_job(self, llm: Any) -> Job | None:
         """The next job; background work waits until chat has been quiet for `idle_grace_s`,
         and the active state is parked once the worker has been idle that long."""
         grace = self.config.idle_grace_s
@@ -219,22 +173,22 @@ class LlamaEngine:
         self.kv.put(self._active_key, _snapshot(llm))
         self._parked = llm.n_tokens
 
-    def _switch(self, llm: Any, job: _Job) -> None:
+    def _switch(self, llm: Any, job: Job) -> None:
         """Start the job from the best KV state it has: the context as it is, the conversation's
         parked state, or a prefix prefilled for its next reply; park what gets replaced."""
         key = job.cache_key
         if key is not None and key == self._active_key:
             self._parked = -1  # the job changes the state; a parked copy goes stale
             return
-        family = _family(key)
-        in_context = key is None or self._active_key in family
-        best = _common_prefix(list(llm._input_ids), job.tokens) if in_context else -1
+        states = family(key)
+        in_context = key is None or self._active_key in states
+        best = common_prefix(list(llm._input_ids), job.tokens) if in_context else -1
         choice = None
-        for k in family:
+        for k in states:
             snap = self.kv.peek(k)
             if (
                 snap is not None
-                and (found := _common_prefix(snap.tokens.tolist(), job.tokens)) > best
+                and (found := common_prefix(snap.tokens.tolist(), job.tokens)) > best
             ):
                 best, choice = found, k
         if choice is not None or not in_context:
@@ -243,12 +197,12 @@ class LlamaEngine:
             snap = self.kv.take(choice)
             if snap is not None:
                 _restore(llm, snap)
-        for k in family:
+        for k in states:
             self.kv.discard(k)  # the context holds this conversation's state from here on
         self._active_key = key
         self._parked = -1
 
-    def _preempted(self, job: _Job) -> Callable[[], bool]:
+    def _preempted(self, job: Job) -> Callable[[], bool]:
         """Background work gives way as soon as a chat request is waiting."""
         if job.priority == PRIORITY_CHAT:
             return lambda: False
@@ -268,13 +222,13 @@ class LlamaEngine:
         )
 
 
-def _generate(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) -> Finished:
+def _generate(llm: Any, job: Job, n_ctx: int, preempted: Callable[[], bool]) -> Finished:
     """Decode one reply on the worker thread, emitting deltas; return the final accounting."""
     import llama_cpp
 
     params = job.params
     # llama.cpp re-evaluates at least the last prompt token to get fresh logits.
-    cached = min(_common_prefix(list(llm._input_ids), job.tokens), len(job.tokens) - 1)
+    cached = min(common_prefix(list(llm._input_ids), job.tokens), len(job.tokens) - 1)
     if job.priority != PRIORITY_CHAT and not _eval_chunks(llm, job.tokens[:-1], preempted):
         # Background work yields to a waiting chat request even while reading its prompt.
         return Finished("cancelled", len(job.tokens), 0, cached, 0.0, 0.0)
@@ -323,24 +277,10 @@ def _generate(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) ->
     )
 
 
-def _family(key: str | None) -> tuple[str, ...]:
-    """The KV states a job for `key` may start from: its own and its staged next prefix."""
-    if key is None:
-        return ()
-    if key.endswith(_STAGED):
-        return (key,)
-    return (key, key + _STAGED)
-
-
-def threads(configured: int) -> int:
-    """Threads for llama.cpp: the configured count, or every core."""
-    return configured or os.cpu_count() or 1
-
-
-def _prefill(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) -> Finished:
+def _prefill(llm: Any, job: Job, n_ctx: int, preempted: Callable[[], bool]) -> Finished:
     """Evaluate the job's tokens after the longest cached prefix, in chunks that can yield."""
     started = time.perf_counter()
-    cached = _common_prefix(list(llm._input_ids), job.tokens)
+    cached = common_prefix(list(llm._input_ids), job.tokens)
     reason = "completed" if _eval_chunks(llm, job.tokens, preempted) else "cancelled"
     ms = (time.perf_counter() - started) * 1000
     return Finished(reason, len(job.tokens), 0, cached, ms, 0.0)  # type: ignore[arg-type]
@@ -348,12 +288,12 @@ def _prefill(llm: Any, job: _Job, n_ctx: int, preempted: Callable[[], bool]) -> 
 
 def _eval_chunks(llm: Any, tokens: list[int], preempted: Callable[[], bool]) -> bool:
     """Evaluate tokens after the longest cached prefix, in chunks; False if preempted first."""
-    done = _common_prefix(list(llm._input_ids), tokens)
+    done = common_prefix(list(llm._input_ids), tokens)
     llm.n_tokens = done
     while done < len(tokens):
         if preempted():
             return False
-        chunk = tokens[done : done + _PREFILL_CHUNK]
+        chunk = tokens[done : done + PREFILL_CHUNK]
         llm.eval(chunk)
         done += len(chunk)
     return True
@@ -387,12 +327,3 @@ def _restore(llm: Any, snap: KVSnapshot) -> None:
     llm.input_ids[:n] = snap.tokens
     llm.n_tokens = n
     llm._requires_eval = True
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

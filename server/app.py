@@ -107,7 +107,7 @@ async def _wait_for_redis(store: Store) -> None:
 
 
 def _open_llm(settings: Settings) -> ChatModel:
-    from models.llama_engine import EngineConfig, LlamaEngine
+    from models.jobs import EngineConfig
     from models.paths import default_chat_model, resolve
 
     path = resolve(settings.model, default_chat_model())
@@ -119,7 +119,14 @@ def _open_llm(settings: Settings) -> ChatModel:
         kv_ram_mb=settings.kv_ram_mb,
         kv_disk_mb=settings.kv_disk_mb,
         kv_dir=settings.data_dir / "kv",
+        parallel=settings.parallel,
     )
+    if settings.engine == "batched":
+        from models.batched_engine import BatchedEngine
+
+        return BatchedEngine(config)
+    from models.llama_engine import LlamaEngine
+
     return LlamaEngine(config)
 
 

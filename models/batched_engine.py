@@ -1,0 +1,308 @@
+"""The batched llama.cpp engine: one worker decodes every active reply together.
+
+One context holds `parallel` sequences. Each step evaluates one token for every streaming
+reply plus a chunk of the prompts waiting to be read, so a long prompt never stalls the
+replies already streaming. Background work (summaries, prefills) runs only while no chat
+request is waiting or running, in small chunks, and stops as soon as one arrives.
+
+This module is the only place its blocking llama.cpp calls cross into asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+
+from models.errors import Unavailable
+from models.jobs import (
+    PREFILL_CHUNK,
+    PRIORITY_CHAT,
+    EngineConfig,
+    Job,
+    common_prefix,
+    encode,
+    prefill_job,
+    relay,
+    streaming_job,
+)
+from models.kv_cache import KVCache
+from models.llama_batch import BatchContext, Sampler
+from models.slots import Run, Slot, SlotTable
+from models.tokenizer import GGUFTokenizer
+from models.types import CancelToken, ChatMessage, Delta, Finished, FinishReason, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class BatchedEngine:
+    """Generates many replies at once in one llama.cpp context, on a single worker thread."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.n_ctx = config.n_ctx
+        self.tokenizer = GGUFTokenizer(config.model_path)
+        self.kv = KVCache(
+            config.kv_ram_mb << 20, config.kv_dir, config.kv_disk_mb << 20 if config.kv_dir else 0
+        )
+        self._cond = threading.Condition()
+        self._pending: list[Job] = []  # guarded by _cond
+        self._closing = False
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self._table: SlotTable | None = None
+        self._samplers: dict[int, Sampler] = {}  # by sequence id
+        self._last_chat = 0.0  # monotonic time the last chat reply ended
+        self._last_busy = 0.0  # monotonic time the last job of any kind ended
+        self._thread = threading.Thread(target=self._run, name="llama-batch", daemon=True)
+        self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and accepting work."""
+        return self._ready.is_set() and self._load_error is None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a sequence."""
+        with self._cond:
+            return len(self._pending)
+
+    async def wait_ready(self) -> None:
+        """Wait until the model has loaded; raise if loading failed."""
+        await asyncio.get_running_loop().run_in_executor(None, self._ready.wait)
+        if self._load_error is not None:
+            raise Unavailable("model_failed", f"the model failed to load: {self._load_error}")
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        params: SamplingParams,
+        cancel: CancelToken,
+        *,
+        priority: int = PRIORITY_CHAT,
+        cache_key: str | None = None,
+    ) -> AsyncIterator[Delta | Finished]:
+        """Yield reply deltas as they are decoded, then one Finished.
+
+        `cache_key` (a conversation id) keeps that conversation's KV state between turns.
+        Background jobs stop ("cancelled") as soon as a chat request arrives.
+        """
+        if not self.ready:
+            raise Unavailable("model_loading", "the model is still loading; retry in a moment")
+        tokens = encode(self.tokenizer, messages, self.n_ctx)
+        job, out = streaming_job(tokens, params, cancel, priority, cache_key)
+        self._submit(job)
+        async for item in relay(out):
+            yield item
+
+    async def prefill(self, messages: list[ChatMessage], *, cache_key: str) -> Finished:
+        """Evaluate a prompt prefix into `cache_key`'s staged KV state in the background."""
+        if not self.ready:
+            raise Unavailable("model_loading", "the model is still loading; retry in a moment")
+        tokens = encode(self.tokenizer, messages, self.n_ctx, add_generation_prompt=False)
+        job, result = prefill_job(tokens, cache_key, threading.Event())
+        self._submit(job)
+        return await result
+
+    def close(self) -> None:
+        """Stop the worker once the jobs already submitted are done."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    def _submit(self, job: Job) -> None:
+        with self._cond:
+            self._pending.append(job)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        try:
+            ctx = BatchContext(self.config)
+        except Exception as e:  # reported through wait_ready / health
+            self._load_error = e
+            self._ready.set()
+            return
+        self._table = SlotTable(self.config.parallel, ctx, self.kv)
+        self._ready.set()
+        try:
+            while self._serve_once(ctx):
+                pass
+        finally:
+            for sampler in self._samplers.values():
+                sampler.close()
+            ctx.close()
+
+    def _serve_once(self, ctx: BatchContext) -> bool:
+        """Admit what can start, then decode one step or wait; False once closed and drained."""
+        self._stop_runs()
+        self._admit(ctx)
+        if self._runs():
+            self._step(ctx)
+            return True
+        return self._idle()
+
+    def _runs(self) -> list[tuple[Slot, Run]]:
+        assert self._table is not None
+        return self._table.runs()
+
+    def _chat_present(self) -> bool:
+        """True while a chat request waits or runs: background work gives way."""
+        with self._cond:
+            if any(job.chat for job in self._pending):
+                return True
+        return any(run.job.chat for _, run in self._runs())
+
+    def _stop_runs(self) -> None:
+        """End cancelled replies, and background work while chat is present."""
+        chat = self._chat_present()
+        for slot, run in self._runs():
+            if run.job.cancel.is_set() or (chat and not run.job.chat):
+                self._finish(slot, run, "cancelled")
+
+    def _admit(self, ctx: BatchContext) -> None:
+        """Give waiting jobs a sequence: chat in arrival order, background only when quiet."""
+        assert self._table is not None
+        with self._cond:
+            waiting = sorted(self._pending, key=lambda j: (j.priority, j.submitted))
+        for job in waiting:
+            if not job.chat and not self._background_may_start():
+                continue
+            slot = self._table.place(job)
+            if slot is not None:
+                with self._cond:
+                    self._pending.remove(job)
+                self._start(ctx, slot, job)
+
+    def _background_may_start(self) -> bool:
+        if self._chat_present() or any(not run.job.chat for _, run in self._runs()):
+            return False
+        return self._closing or time.monotonic() >= self._last_chat + self.config.idle_grace_s
+
+    def _start(self, ctx: BatchContext, slot: Slot, job: Job) -> None:
+        cached = common_prefix(slot.tokens, job.tokens)
+        if not job.prefill_only:
+            cached = min(cached, len(job.tokens) - 1)  # the last prompt token gives the logits
+        ctx.truncate(slot.seq, cached)
+        del slot.tokens[cached:]
+        budget = min(job.params.max_tokens, self.n_ctx - len(job.tokens))
+        slot.run = Run(job, cached, job.tokens[cached:], budget)
+        if not job.prefill_only:
+            self._samplers[slot.seq] = Sampler(job.params, ctx.n_vocab)
+        if budget <= 0 and not job.prefill_only:
+            self._finish(slot, slot.run, "length")
+
+    def _idle(self) -> bool:
+        """Nothing runs: wait for work, parking an idle slot once it has been quiet a while."""
+        assert self._table is not None
+        with self._cond:
+            if self._closing and not self._pending:
+                return False
+            grace = self.config.idle_grace_s
+            wake = self._last_chat + grace if self._pending else self._last_busy + grace
+            timeout = max(0.0, wake - time.monotonic())
+            notified = self._cond.wait(timeout) if timeout > 0 else False
+            quiet = not notified and not self._pending
+        if quiet and self._table.park_lru():
+            return True
+        if quiet:
+            with self._cond:
+                if not self._pending and not self._closing:
+                    self._cond.wait()
+        return True
+
+    def _step(self, ctx: BatchContext) -> None:
+        """One llama_decode: a token for every streaming reply, then chunks of prompts."""
+        runs = self._runs()
+        streaming = [(s, r) for s, r in runs if r.next_token >= 0]
+        for slot, run in streaming:
+            run.output = ctx.add(run.next_token, len(slot.tokens), slot.seq, True)
+            slot.tokens.append(run.next_token)
+            run.next_token = -1
+        room = self.config.prompt_chunk if streaming else ctx.n_batch
+        for slot, run in runs:
+            if run.todo and room > 0:
+                room -= self._feed(ctx, slot, run, room)
+        try:
+            ctx.decode()
+        except RuntimeError as e:
+            log.exception("batched decode failed")
+            for slot, run in runs:
+                slot.clear(ctx)
+                self._finish(slot, run, "error", str(e))
+            return
+        for slot, run in runs:
+            self._after_step(ctx, slot, run)
+
+    def _feed(self, ctx: BatchContext, slot: Slot, run: Run, room: int) -> int:
+        """Add up to `room` of the run's prompt tokens to the batch; return how many."""
+        limit = room if run.job.chat else min(room, PREFILL_CHUNK)
+        n = min(len(run.todo), limit, ctx.n_batch - ctx.size)
+        chunk, run.todo = run.todo[:n], run.todo[n:]
+        for i, token in enumerate(chunk):
+            last = not run.todo and i == n - 1 and not run.job.prefill_only
+            index = ctx.add(token, len(slot.tokens), slot.seq, last)
+            slot.tokens.append(token)
+            if last:
+                run.output = index
+        return n
+
+    def _after_step(self, ctx: BatchContext, slot: Slot, run: Run) -> None:
+        """Sample the run's next token if it has logits; finish it if it is done."""
+        if run.job.prefill_only and not run.todo:
+            self._finish(slot, run, "completed")
+        if run.output < 0 or slot.run is not run:
+            return
+        if run.job.cancel.is_set():
+            self._finish(slot, run, "cancelled")
+            return
+        token = self._samplers[slot.seq].sample(ctx.ctx, run.output)
+        run.output = -1
+        if ctx.is_eog(token):
+            self._finish(slot, run, "completed")
+            return
+        run.completion += 1
+        run.last = time.perf_counter()
+        run.first = run.first or run.last
+        text = run.decoder.decode(ctx.piece(token))
+        if text:
+            run.job.emit(Delta(text))
+        run.next_token = token
+        if run.completion >= run.budget:
+            self._finish(slot, run, "length")
+
+    def _finish(self, slot: Slot, run: Run, reason: FinishReason, error: str = "") -> None:
+        """Emit the run's last text and its accounting; the slot keeps its KV cells."""
+        sampler = self._samplers.pop(slot.seq, None)
+        if sampler is not None:
+            sampler.close()
+        slot.run = None
+        slot.used = self._last_busy = time.monotonic()
+        if run.job.chat:
+            self._last_chat = slot.used
+        job = run.job
+        tail = run.decoder.decode(b"", final=True)
+        if tail:
+            job.emit(Delta(tail))
+        job.emit(_finished(run, reason, error))
+
+
+def _finished(run: Run, reason: FinishReason, error: str) -> Finished:
+    """Exact accounting of one run, with its timings."""
+    n, job = run.completion, run.job
+    if job.prefill_only:
+        elapsed = (time.perf_counter() - run.started) * 1000
+        return Finished(reason, len(job.tokens), 0, run.cached, elapsed, 0.0, error=error)
+    span = run.last - run.first
+    return Finished(
+        reason=reason,
+        prompt_tokens=len(job.tokens),
+        completion_tokens=n,
+        cached_tokens=run.cached,
+        ttft_ms=(run.first - job.submitted) * 1000 if run.first else 0.0,
+        tokens_per_s=(n - 1) / span if n > 1 and span > 0 else 0.0,
+        error=error,
+    )

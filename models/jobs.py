@@ -1,0 +1,138 @@
+"""What both llama.cpp engines share: configuration, priorities, queued jobs, KV-state keys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.errors import BadRequest
+from models.tokenizer import GGUFTokenizer
+from models.types import CancelToken, ChatMessage, Delta, Finished, SamplingParams
+
+PRIORITY_CHAT = 0
+PRIORITY_BACKGROUND = 10
+N_BATCH = 512
+STAGED = "\x00next"  # suffix of the key a conversation's prefilled next prefix is kept under
+PREFILL_CHUNK = 32  # background tokens between checks for waiting chat requests
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to open the GGUF model, and how much KV state to keep per conversation."""
+
+    model_path: str
+    n_ctx: int = 4096  # per conversation: the batched engine gives every sequence this many
+    n_threads: int = 0  # 0: every core (llama-cpp-python's own default is half of them)
+    flash_attn: bool = True  # faster prompt evaluation and decoding on CPU (see BENCHMARKS.md)
+    n_batch: int = N_BATCH
+    kv_ram_mb: int = 1024
+    kv_disk_mb: int = 4096
+    kv_dir: Path | None = None
+    idle_grace_s: float = 1.0  # quiet time after a reply before background work and parking
+    parallel: int = 8  # batched engine: sequences decoded together (one per active conversation)
+    prompt_chunk: int = 64  # batched engine: prompt tokens per step while replies stream
+
+
+@dataclass
+class Job:
+    """One request for the worker: a prompt, how to sample, where to send what it makes."""
+
+    tokens: list[int]
+    params: SamplingParams
+    cancel: CancelToken
+    emit: Callable[[Delta | Finished], None]
+    priority: int = PRIORITY_CHAT
+    cache_key: str | None = None
+    prefill_only: bool = False  # evaluate the prompt into the KV cache; generate nothing
+    submitted: float = field(default_factory=time.perf_counter)
+
+    @property
+    def chat(self) -> bool:
+        """True for a chat request (background work gives way to these)."""
+        return self.priority == PRIORITY_CHAT
+
+
+def encode(
+    tokenizer: GGUFTokenizer,
+    messages: list[ChatMessage],
+    n_ctx: int,
+    *,
+    add_generation_prompt: bool = True,
+) -> list[int]:
+    """The prompt's tokens; a prompt that leaves no room in the context is a BadRequest."""
+    tokens = tokenizer.prompt_tokens(messages, add_generation_prompt=add_generation_prompt)
+    if len(tokens) >= n_ctx:
+        raise BadRequest(
+            "context_overflow",
+            f"the prompt has {len(tokens)} tokens; the model's context holds {n_ctx}",
+        )
+    return tokens
+
+
+def streaming_job(
+    tokens: list[int],
+    params: SamplingParams,
+    cancel: CancelToken,
+    priority: int,
+    cache_key: str | None,
+) -> tuple[Job, asyncio.Queue[Delta | Finished]]:
+    """A job whose output lands, thread-safely, in a queue the caller reads on its loop."""
+    loop = asyncio.get_running_loop()
+    out: asyncio.Queue[Delta | Finished] = asyncio.Queue()
+
+    def emit(item: Delta | Finished) -> None:
+        loop.call_soon_threadsafe(out.put_nowait, item)
+
+    return Job(tokens, params, cancel, emit, priority, cache_key), out
+
+
+async def relay(out: asyncio.Queue[Delta | Finished]) -> AsyncIterator[Delta | Finished]:
+    """Yield a job's output until its Finished."""
+    while True:
+        item = await out.get()
+        yield item
+        if isinstance(item, Finished):
+            return
+
+
+def prefill_job(
+    tokens: list[int], cache_key: str, cancel: CancelToken
+) -> tuple[Job, asyncio.Future[Finished]]:
+    """A background job that evaluates a prefix under `cache_key`'s staged key."""
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[Finished] = loop.create_future()
+
+    def emit(item: Delta | Finished) -> None:
+        if isinstance(item, Finished):
+            loop.call_soon_threadsafe(result.set_result, item)
+
+    job = Job(tokens, SamplingParams(), cancel, emit, PRIORITY_BACKGROUND, cache_key + STAGED, True)
+    return job, result
+
+
+def family(key: str | None) -> tuple[str, ...]:
+    """The KV states a job for `key` may start from: its own and its staged next prefix."""
+    if key is None:
+        return ()
+    if key.endswith(STAGED):
+        return (key,)
+    return (key, key + STAGED)
+
+
+def threads(configured: int) -> int:
+    """Threads for llama.cpp: the configured count, or every core."""
+    return configured or os.cpu_count() or 1
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two sequences share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,167 @@
+"""llama.cpp's low-level API for the batched engine: one context of several sequences.
+
+Only the batched engine's worker thread calls into these objects.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import numpy as np
+
+from models.jobs import EngineConfig, threads
+from models.kv_cache import KVSnapshot
+from models.types import SamplingParams
+
+PENALTY_LAST_N = 64  # tokens the repeat penalty looks back over, as llama-cpp-python's default
+_PIECE_BYTES = 256
+
+
+class Sampler:
+    """One sequence's sampler chain, built from a request's SamplingParams."""
+
+    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+        import llama_cpp as ll
+
+        self._chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        # The same chain, in the same order, as llama-cpp-python's Llama.generate builds.
+        penalties = ll.llama_sampler_init_penalties(
+            n_vocab, PENALTY_LAST_N, params.repeat_penalty, 0, 0
+        )
+        parts = [penalties]
+        if params.temperature <= 0:
+            parts.append(ll.llama_sampler_init_greedy())
+        else:
+            seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+            parts += [
+                ll.llama_sampler_init_top_k(params.top_k),
+                ll.llama_sampler_init_top_p(params.top_p, 1),
+                ll.llama_sampler_init_min_p(params.min_p, 1),
+                ll.llama_sampler_init_temp(params.temperature),
+                ll.llama_sampler_init_dist(seed),
+            ]
+        for part in parts:
+            ll.llama_sampler_chain_add(self._chain, part)
+
+    def sample(self, ctx: Any, index: int) -> int:
+        """Sample from the logits of batch output `index`; the chain records the token."""
+        import llama_cpp as ll
+
+        return int(ll.llama_sampler_sample(self._chain, ctx, index))
+
+    def close(self) -> None:
+        """Free the chain (and the samplers it owns)."""
+        import llama_cpp as ll
+
+        if self._chain:
+            ll.llama_sampler_free(self._chain)
+            self._chain = None
+
+
+class BatchContext:
+    """A model and one context of `parallel` sequences, each holding `n_ctx` tokens."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        import llama_cpp as ll
+
+        ll.llama_backend_init()
+        self.model = ll.llama_model_load_from_file(
+            config.model_path.encode(), ll.llama_model_default_params()
+        )
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {config.model_path}")
+        params = ll.llama_context_default_params()
+        params.n_seq_max = config.parallel
+        params.n_ctx = config.n_ctx * config.parallel
+        params.kv_unified = False  # every sequence attends over its own cells only
+        params.n_batch = params.n_ubatch = config.n_batch
+        params.n_threads = params.n_threads_batch = threads(config.n_threads)
+        flash = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn else 0  # 0: disabled
+        params.flash_attn_type = flash
+        self.ctx = ll.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            ll.llama_model_free(self.model)
+            raise RuntimeError("llama.cpp could not create a context; try a smaller --parallel")
+        self.n_ctx_seq = int(ll.llama_n_ctx_seq(self.ctx))
+        self.n_batch = config.n_batch
+        self.vocab = ll.llama_model_get_vocab(self.model)
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
+        self._memory = ll.llama_get_memory(self.ctx)
+        self._batch = ll.llama_batch_init(config.n_batch, 0, 1)
+        self._piece = ctypes.create_string_buffer(_PIECE_BYTES)
+
+    @property
+    def size(self) -> int:
+        """Tokens in the batch being built."""
+        return int(self._batch.n_tokens)
+
+    def add(self, token: int, pos: int, seq: int, output: bool) -> int:
+        """Append one token of sequence `seq` at position `pos`; return its batch index."""
+        b = self._batch
+        i = int(b.n_tokens)
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = output
+        b.n_tokens = i + 1
+        return i
+
+    def decode(self) -> None:
+        """Evaluate the batch built so far, then start an empty one."""
+        import llama_cpp as ll
+
+        rc = ll.llama_decode(self.ctx, self._batch) if self._batch.n_tokens else 0
+        self._batch.n_tokens = 0
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    def truncate(self, seq: int, keep: int) -> None:
+        """Drop sequence `seq`'s cells from position `keep` on."""
+        import llama_cpp as ll
+
+        ll.llama_memory_seq_rm(self._memory, seq, keep, -1)
+
+    def is_eog(self, token: int) -> bool:
+        """True for an end-of-generation token."""
+        import llama_cpp as ll
+
+        return bool(ll.llama_vocab_is_eog(self.vocab, token))
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one generated token (special tokens render as nothing)."""
+        import llama_cpp as ll
+
+        n = ll.llama_token_to_piece(self.vocab, token, self._piece, _PIECE_BYTES, 0, False)
+        return self._piece.raw[: max(n, 0)]
+
+    def save(self, seq: int, tokens: list[int]) -> KVSnapshot:
+        """Serialize sequence `seq`'s KV cells (which hold `tokens`)."""
+        import llama_cpp as ll
+
+        size = ll.llama_state_seq_get_size(self.ctx, seq)
+        buf = np.empty(size, dtype=np.uint8)  # written in place: no intermediate copies
+        pointer = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        written = ll.llama_state_seq_get_data(self.ctx, pointer, size, seq)
+        return KVSnapshot(np.asarray(tokens, dtype=np.int32), buf[:written])
+
+    def restore(self, seq: int, snap: KVSnapshot) -> bool:
+        """Load a snapshot into sequence `seq`; False (and the sequence empty) if it fails."""
+        import llama_cpp as ll
+
+        self.truncate(seq, 0)
+        data = np.ascontiguousarray(snap.data)
+        pointer = data.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        if ll.llama_state_seq_set_data(self.ctx, pointer, data.size, seq):
+            return True
+        self.truncate(seq, 0)
+        return False
+
+    def close(self) -> None:
+        """Free the batch, the context and the model."""
+        import llama_cpp as ll
+
+        ll.llama_batch_free(self._batch)
+        ll.llama_free(self.ctx)
+        ll.llama_model_free(self.model)
