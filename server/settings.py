@@ -44,12 +44,15 @@ class Settings:
     kv_ram_mb: int = 1024
     recall_note_tokens: int = 64
     kv_disk_mb: int = 4096
+    engine: str = "simple"  # "batched": many replies decoded together; "simple": one at a time
+    parallel: int = 8  # batched engine: conversations decoded together (llama.cpp sequences)
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
     api_keys: tuple[ApiKey, ...] = ()
     api_keys_file: str = ""
     allow_unauthenticated: bool = False
     allowed_origins: tuple[str, ...] = ()
     rate_limit: int = 60
+    max_queue: int = 32
     log_level: str = "info"
     log_format: str = "text"
 
@@ -83,12 +86,15 @@ _HELP = {
     "recall_note_tokens": "tokens of turns recalled for each message (0: only at layout resets)",
     "kv_ram_mb": "RAM for saved per-conversation KV state, in MiB",
     "kv_disk_mb": "disk (under data_dir/kv) for KV state spilled from RAM, in MiB",
+    "engine": "batched (replies decoded together in one context) or simple (one at a time)",
+    "parallel": "batched engine: replies decoded together, each with the full n_ctx",
     "web_dir": "folder of the browser UI's static files",
     "api_keys": "API keys as user:key,user:key; with any, every route but /health needs one",
     "api_keys_file": "file of API keys, one user:key a line",
     "allow_unauthenticated": "with no API keys, still listen on a non-loopback host (true/false)",
     "allowed_origins": "comma-separated browser origins allowed besides the server's own (* any)",
     "rate_limit": "requests a minute per API key (0: unlimited)",
+    "max_queue": "chat replies waiting or generating at once; past it new ones get 'busy'",
     "log_level": "debug, info, warning or error",
     "log_format": "text or json",
 }
@@ -119,6 +125,7 @@ def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None =
         keys = loaded.api_keys + _keys_file(Path(loaded.api_keys_file))
         loaded = replace(loaded, api_keys=keys)
     _check_keys(loaded.api_keys)
+    _check_engine(loaded)
     return loaded
 
 
@@ -148,6 +155,17 @@ def parse_keys(raw: str, where: str = "api_keys") -> tuple[ApiKey, ...]:
             )
         keys.append(ApiKey(user, key))
     return tuple(keys)
+
+
+ENGINES = ("batched", "simple")
+
+
+def _check_engine(loaded: Settings) -> None:
+    if loaded.engine not in ENGINES:
+        choices = ", ".join(ENGINES)
+        raise SystemExit(f"memchat: engine must be one of {choices}, not {loaded.engine!r}")
+    if loaded.parallel < 1:
+        raise SystemExit(f"memchat: parallel must be at least 1, not {loaded.parallel}")
 
 
 def _keys_file(path: Path) -> tuple[ApiKey, ...]:
