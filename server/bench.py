@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from aiohttp import web
 
 from memory.store import DEFAULT_USER, Keys
 from server.app import create_app
+from server.bench_concurrency import bench_concurrency
 from server.runtime import RUNTIME, Runtime
 from server.settings import Settings
 
@@ -36,7 +37,7 @@ FILLER_EF = 32  # build effort for filler vectors; the measured conversation use
 class BenchConfig:
     """What to run and at which sizes."""
 
-    parts: tuple[str, ...] = ("stream", "long", "alternating", "scale")
+    parts: tuple[str, ...] = ("stream", "long", "alternating", "scale", "concurrency")
     prior_turns: int = 300
     new_turns: int = 8
     warmup_turns: int = 2
@@ -49,6 +50,9 @@ class BenchConfig:
     scale_vectors: int = 1_000_000
     scale_queries: int = 50
     seed: int = 7
+    concurrency_levels: tuple[int, ...] = (1, 4, 8)
+    concurrency_tokens: int = 96
+    concurrency_rounds: int = 2
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Turn:
     tokens_per_s: float
     usage: dict[str, int]
     conversation_id: str
+    started: float = 0.0  # perf_counter when the message was sent
+    ended: float = 0.0  # perf_counter of the last delta
 
 
 class Client:
@@ -89,26 +95,32 @@ class Client:
             elif kind == "response.done":
                 n = int(msg["usage"]["completion_tokens"])
                 rate = (n - 1) / (last - first) if n > 1 and last > first else 0.0
-                return Turn((first - started) * 1000, rate, msg["usage"], conversation)
+                ttft = (first - started) * 1000
+                return Turn(ttft, rate, msg["usage"], conversation, started, last)
 
 
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[tuple[Runtime, Client]]:
     """Run a real memchat server on a loopback port and connect a client to it."""
+    async with serving_many(settings, 1) as (rt, clients):
+        yield rt, clients[0]
+
+
+@asynccontextmanager
+async def serving_many(settings: Settings, n: int) -> AsyncIterator[tuple[Runtime, list[Client]]]:
+    """Run a real memchat server on a loopback port and connect `n` websocket clients."""
     app = create_app(settings)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/ws"
     rt = app[RUNTIME]
     await _wait_healthy(rt)
     try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws,
-        ):
-            yield rt, Client(ws)
+        async with aiohttp.ClientSession() as http, AsyncExitStack() as stack:
+            sockets = [await stack.enter_async_context(http.ws_connect(url)) for _ in range(n)]
+            yield rt, [Client(ws) for ws in sockets]
     finally:
         await runner.cleanup()
 
@@ -369,6 +381,7 @@ async def run(
         "long": lambda s: bench_long(s, cfg),
         "alternating": lambda s: bench_alternating(s, cfg),
         "scale": lambda s: bench_scale(s, cfg, progress),
+        "concurrency": lambda s: bench_concurrency(s, cfg),
     }
     for name in cfg.parts:
         progress(f"running {name}")

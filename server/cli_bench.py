@@ -14,7 +14,8 @@ from typing import Any
 from server import settings as settings_mod
 from server.bench import BenchConfig, run
 
-PARTS = ("stream", "long", "alternating", "scale")
+PARTS = ("stream", "long", "alternating", "scale", "concurrency")
+CONCURRENCY_TARGET = 2.0  # aggregate tokens/s of the most chats at once over one chat alone
 # (part, JSON key, what it is, target, True when higher is better)
 TARGETS = [
     ("stream", "stream_efficiency", "websocket tokens/s over raw llama-cpp-python", 0.95, True),
@@ -69,6 +70,10 @@ def flatten(results: dict[str, Any]) -> dict[str, Any]:
     for part, key, *_ in TARGETS:
         if part in results:
             out[key] = round(float(results[part][key]), 3)
+    if "concurrency" in results:
+        keys = ("throughput_ratio", "ttft_p50_ms", "ttft_p95_ms", "fairness")
+        levels = results["concurrency"]["levels"]
+        out["concurrency"] = {n: {k: fig[k] for k in keys} for n, fig in levels.items()}
     return out
 
 
@@ -83,4 +88,32 @@ def table(figures: dict[str, Any]) -> str:
         rows.append(
             (f"{what} [{key}]", f"{figures[key]:.3f}", f"{sign} {target}", "yes" if met else "NO")
         )
+    rows += _concurrency_rows(figures.get("concurrency", {}))
     return "\n".join(f"{a:<62} {b:>8} {c:>8} {d:>4}" for a, b, c, d in rows)
+
+
+def _concurrency_rows(levels: dict[str, dict[str, float]]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    top = max(levels, key=int, default=None)
+    for n, fig in levels.items():
+        ratio = fig["throughput_ratio"]
+        target, met = ("", "")
+        if n == top and int(n) > 1:
+            target, met = f">= {CONCURRENCY_TARGET}", "yes" if ratio >= CONCURRENCY_TARGET else "NO"
+        rows.append(
+            (
+                f"{n} chats: aggregate tokens/s over one chat [concurrency.{n}]",
+                f"{ratio:.3f}",
+                target,
+                met,
+            )
+        )
+        rows.append(
+            (
+                f"{n} chats: first token p50 / p95 ms, fairness",
+                f"{fig['ttft_p50_ms']:.0f}/{fig['ttft_p95_ms']:.0f}",
+                f"{fig['fairness']:.2f}",
+                "",
+            )
+        )
+    return rows

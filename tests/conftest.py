@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
+from models.batched_engine import BatchedEngine
 from models.embedder import SentenceEmbedder
 from models.llama_engine import EngineConfig, LlamaEngine
 from models.paths import default_chat_model, default_embedder
@@ -41,9 +43,11 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator[LlamaEngine]:
-    """The real SmolLM2 engine, loaded once."""
-    llm = LlamaEngine(EngineConfig(str(default_chat_model()), n_ctx=TEST_CTX, n_threads=2))
+def engine() -> Iterator[LlamaEngine | BatchedEngine]:
+    """The real SmolLM2 engine, loaded once (MEMCHAT_TEST_ENGINE=batched for the batched one)."""
+    config = EngineConfig(str(default_chat_model()), n_ctx=TEST_CTX, n_threads=2, parallel=4)
+    batched = os.environ.get("MEMCHAT_TEST_ENGINE", "simple") == "batched"
+    llm = BatchedEngine(config) if batched else LlamaEngine(config)
     yield llm
     llm.close()
 
