@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AskError, RedisError, ResponseError
 
 from models.errors import BadRequest, NotFound, Unavailable
 
@@ -231,6 +231,8 @@ class Store:
         node reached without the cluster client."""
         try:
             await self.redis.execute_command("VCARD", f"{PREFIX}:probe")
+        except AskError as e:  # MOVED too: the probe's slot is on another node
+            raise _plain_client_on_cluster() from e
         except ResponseError as e:
             raise Unavailable(
                 "redis_no_vector_sets",
@@ -240,11 +242,7 @@ class Store:
         if isinstance(self.redis, Redis) and (await self.redis.info("cluster")).get(
             "cluster_enabled"
         ):
-            raise Unavailable(
-                "redis_is_cluster",
-                "this Redis is a cluster node: set MEMCHAT_REDIS_CLUSTER=true so that memchat "
-                "uses the cluster client",
-            )
+            raise _plain_client_on_cluster()
 
     async def ping(self) -> bool:
         """True when Redis answers."""
@@ -552,6 +550,14 @@ class Store:
     async def _seqs(self, user: str, cid: str) -> list[int]:
         await self.get_conversation(user, cid)
         return sorted(int(_text(k)) for k in await self.redis.hkeys(Keys(user).messages(cid)))
+
+
+def _plain_client_on_cluster() -> Unavailable:
+    return Unavailable(
+        "redis_is_cluster",
+        "this Redis is a cluster node: set MEMCHAT_REDIS_CLUSTER=true so that memchat uses the "
+        "cluster client",
+    )
 
 
 def _conversation(user: str, cid: str, raw: dict[Any, Any]) -> Conversation:

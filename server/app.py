@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import WSCloseCode, web
-from redis.exceptions import BusyLoadingError
+from redis.exceptions import BusyLoadingError, RedisClusterUnreachableError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from memory.manager import Embedder, MemoryManager
@@ -99,7 +99,7 @@ async def _wait_for_redis(store: Store) -> None:
         try:
             await store.check_server()
             return
-        except (BusyLoadingError, RedisConnectionError) as e:
+        except (BusyLoadingError, RedisConnectionError, RedisClusterUnreachableError) as e:
             if asyncio.get_running_loop().time() > deadline:
                 raise Unavailable("redis_unreachable", f"cannot reach Redis: {e}") from e
             await asyncio.sleep(0.1)

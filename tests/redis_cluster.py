@@ -94,9 +94,8 @@ def _cluster_ok(node: redis.Redis, masters: int) -> bool:
     info = node.execute_command("CLUSTER", "INFO")
     text = info.decode() if isinstance(info, bytes) else str(info)
     fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
-    return fields.get("cluster_state") == "ok" and fields.get("cluster_known_nodes") == str(
-        masters
-    )
+    joined = fields.get("cluster_known_nodes") == str(masters)
+    return joined and fields.get("cluster_state") == "ok"
 
 
 def _wait(check: Callable[[], bool], what: str) -> None:
