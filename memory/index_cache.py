@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from memory.lexical import LexicalIndex, terms
-from memory.recall import Candidate
+from memory.recall import CandidateTable
 from memory.render import day_number, line_text
 from memory.store import Message, Store
 
@@ -27,7 +27,7 @@ class ConversationIndex:
     epoch: int = 0  # the conversation's edit epoch this index was built at
     upto: int = 0
     lexical: LexicalIndex = field(default_factory=LexicalIndex)
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: CandidateTable = field(default_factory=CandidateTable)
     speakers: set[str] = field(default_factory=set)
     messages: dict[int, Message] = field(default_factory=dict)
     lines: dict[int, tuple[str, str, int]] = field(default_factory=dict)  # by the manager:
@@ -43,8 +43,8 @@ class ConversationIndex:
             prev = self._last
             if prev is not None and day_number(prev.time) == day_number(m.time):
                 doc += terms(prev.text)
-            self.lexical.add(m.seq, doc)
-            self.candidates.append(Candidate(m.seq, day_number(m.time), m.speaker))
+            self.lexical.add(doc)  # positions in step with the candidates'
+            self.candidates.append(m.seq, day_number(m.time), m.speaker)
             if m.speaker:
                 self.speakers.add(m.speaker)
             self.messages[m.seq] = m

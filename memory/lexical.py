@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+from array import array
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+Floats = npt.NDArray[np.float64]
 
 BM25_K1 = 1.5
 BM25_B = 0.75
@@ -59,41 +64,45 @@ def terms(text: str) -> list[str]:
     return [stem(w) for w in _WORD_RE.findall(text.lower()) if w not in STOPWORDS]
 
 
-@dataclass
 class LexicalIndex:
-    """BM25 over documents keyed by seq; documents are added in seq order and never edited."""
+    """BM25 over documents numbered in the order they are added; documents are never edited."""
 
-    k1: float = BM25_K1
-    b: float = BM25_B
-    _postings: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
-    _lengths: dict[int, int] = field(default_factory=dict)
-    _total: int = 0
+    def __init__(self, k1: float = BM25_K1, b: float = BM25_B) -> None:
+        self.k1, self.b = k1, b
+        self._postings: dict[str, tuple[array[int], array[float]]] = {}  # positions, counts
+        self._lengths: array[float] = array("d")
+        self._total = 0
 
     def __len__(self) -> int:
         return len(self._lengths)
 
-    def add(self, seq: int, doc_terms: Iterable[str]) -> None:
-        """Index one document."""
+    def add(self, doc_terms: Iterable[str]) -> None:
+        """Index the next document."""
+        position = len(self._lengths)
         counts = Counter(doc_terms)
         for term, n in counts.items():
-            self._postings.setdefault(term, []).append((seq, n))
+            positions, tfs = self._postings.setdefault(term, (array("q"), array("d")))
+            positions.append(position)
+            tfs.append(n)
         length = sum(counts.values())
-        self._lengths[seq] = length
+        self._lengths.append(length)
         self._total += length
 
-    def scores(self, query_terms: Iterable[str]) -> dict[int, float]:
-        """BM25 score of every document matching at least one query term."""
+    def scores(self, query_terms: Iterable[str]) -> Floats:
+        """BM25 score of every document, by position (0 where no query term occurs)."""
         n_docs = len(self._lengths)
+        out = np.zeros(n_docs, dtype=np.float64)
         if not n_docs:
-            return {}
+            return out
         avg = self._total / n_docs or 1.0
-        out: dict[int, float] = {}
+        # copies, not views: a view would pin the arrays' buffers against later appends
+        norm = self.k1 * (1 - self.b + self.b * np.array(self._lengths, dtype=np.float64) / avg)
         for term in set(query_terms):
             postings = self._postings.get(term)
-            if not postings:
+            if postings is None:
                 continue
-            idf = math.log(1 + (n_docs - len(postings) + 0.5) / (len(postings) + 0.5))
-            for seq, tf in postings:
-                norm = tf + self.k1 * (1 - self.b + self.b * self._lengths[seq] / avg)
-                out[seq] = out.get(seq, 0.0) + idf * tf * (self.k1 + 1) / norm
+            positions = np.array(postings[0], dtype=np.int64)
+            tf = np.array(postings[1], dtype=np.float64)
+            idf = math.log(1 + (n_docs - positions.size + 0.5) / (positions.size + 0.5))
+            out[positions] += idf * tf * (self.k1 + 1) / (tf + norm[positions])
         return out

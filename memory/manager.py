@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -16,7 +15,7 @@ from memory.index_cache import ConversationIndex, IndexCache
 from memory.layout import NOTE_TOKENS
 from memory.lexical import terms
 from memory.packing import Budget, Line, Turn, pack_lines, pack_recent, recent_budget, render_lines
-from memory.recall import Candidate, fuse, named_speaker, without_names
+from memory.recall import aligned, fuse, named_speaker, without_names
 from memory.render import (
     RECALL_HEADER,
     SUMMARY_HEADER,
@@ -157,10 +156,10 @@ class MemoryManager:
         index = await self.indexes.get(user, cid)
         last = index.upto if before is None else min(index.upto, before - 1)
         query = _Query(user, cid, new_message, last, history_budget)
-        older = _upto(index, last)
+        older = index.candidates.upto(last)
         big = len(older) > RECENT_FETCH
         embedding = self._start_embedding(new_message, index.speakers) if big else None
-        newest = [index.messages[c.seq] for c in reversed(older[-RECENT_FETCH:])]
+        newest = [index.messages[seq] for seq in reversed(older.seq[-RECENT_FETCH:].tolist())]
         newest_first = [Turn(m.seq, self._cost(m)) for m in newest]
         everything = pack_recent(newest_first, history_budget)
         if len(everything) == len(older):
@@ -227,7 +226,7 @@ class MemoryManager:
         embedding: asyncio.Future[Vectors] | None,
     ) -> list[Line]:
         """Candidate lines, best first: vector and lexical scores fused with structure."""
-        cands = _upto(index, query.last)
+        cands = index.candidates.upto(query.last)
         # names: the speaker bonus rewards the named speaker's turns; BM25 scores the content
         lexical = index.lexical.scores(terms(without_names(query.text, index.speakers)))
         vector: dict[int, float] = {}
@@ -236,8 +235,13 @@ class MemoryManager:
                 query.user, query.cid, _direction(await embedding), VECTOR_CANDIDATES
             )
             vector = {h.seq: h.score for h in hits if h.seq <= query.last}
-        ranked = fuse(cands, vector, lexical, named_speaker(query.text, index.speakers))
-        wanted = ranked[: max(0, room) // MIN_LINE_TOKENS + RECENT_FETCH]
+        ranking = fuse(
+            cands,
+            aligned(cands, vector, None),
+            lexical[: len(cands)],
+            named_speaker(query.text, index.speakers),
+        )
+        wanted = ranking.top(max(0, room) // MIN_LINE_TOKENS + RECENT_FETCH)
         return [self._line(index, seq, score) for seq, score in wanted]
 
     def _line(self, index: ConversationIndex, seq: int, score: float) -> Line:
@@ -356,16 +360,16 @@ class MemoryManager:
         except NotFound:
             pass  # the conversation was deleted meanwhile: nothing left to prepare
 
-    def invalidate(self, user: str, cid: str) -> None:
-        """Drop derived state after turns were forgotten, the summary edited or the conversation
-        deleted: the next reply lays its prompt out afresh."""
-        self.indexes.invalidate(user, cid)
     async def edited(self, user: str, cid: str) -> None:
         """After an edit that no stored turn shows (the summary rewritten): drop derived state
         here and, through the conversation's epoch and stored layout, on every replica."""
         await self.store.mark_edited(user, cid)
         self.invalidate(user, cid)
 
+    def invalidate(self, user: str, cid: str) -> None:
+        """Drop derived state after turns were forgotten, the summary edited or the conversation
+        deleted: the next reply lays its prompt out afresh."""
+        self.indexes.invalidate(user, cid)
         self.turns.stale.add((user, cid))
         self._recent_start.pop((user, cid), None)
         self._last_record.pop((user, cid), None)
@@ -376,11 +380,6 @@ class MemoryManager:
     def _line_cost(self, text: str) -> int:
         """Tokens a line adds inside the memory message, newline included."""
         return self.tokenizer.message_cost(ChatMessage("system", text + "\n")) - self._blank
-
-
-def _upto(index: ConversationIndex, last: int) -> list[Candidate]:
-    end = bisect.bisect_right(index.candidates, last, key=lambda c: c.seq)
-    return index.candidates[:end]
 
 
 def _direction(vectors: Vectors) -> Vectors:

@@ -13,16 +13,71 @@ import numpy as np
 import numpy.typing as npt
 
 Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+_INITIAL_ROWS = 256
 _EPS = 1e-9
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """A stored turn that may be recalled: its seq, day (a session key) and speaker."""
+class Candidates:
+    """Turns that may be recalled, in seq order, as columns: seq, day (a session key) and speaker
+    (an index into `names`; -1 for none)."""
 
-    seq: int
-    day: int
-    speaker: str = ""
+    seq: Ints
+    day: Ints
+    speaker: Ints
+    names: Sequence[str] = ()
+
+    def __len__(self) -> int:
+        return int(self.seq.size)
+
+    @classmethod
+    def of(cls, rows: Iterable[tuple[int, int, str]]) -> Candidates:
+        """Columns from (seq, day, speaker) rows."""
+        table = CandidateTable()
+        for seq, day, speaker in rows:
+            table.append(seq, day, speaker)
+        return table.upto(None)
+
+    def spoken_by(self, name: str) -> npt.NDArray[np.bool_]:
+        """Which candidates `name` said."""
+        code = list(self.names).index(name) if name in self.names else -2
+        out: npt.NDArray[np.bool_] = self.speaker == code
+        return out
+
+
+class CandidateTable:
+    """Candidates as growing columns; views from `upto` stay valid as rows are appended."""
+
+    def __init__(self) -> None:
+        self._cols = np.empty((3, _INITIAL_ROWS), dtype=np.int64)
+        self._n = 0
+        self._names: list[str] = []
+        self._codes: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, seq: int, day: int, speaker: str) -> None:
+        """Add the next candidate (seqs increase)."""
+        if self._n == self._cols.shape[1]:
+            grown = np.empty((3, self._n * 2), dtype=np.int64)
+            grown[:, : self._n] = self._cols[:, : self._n]
+            self._cols = grown  # views already handed out keep the old buffer
+        code = -1
+        if speaker:
+            code = self._codes.setdefault(speaker, len(self._names))
+            if code == len(self._names):
+                self._names.append(speaker)
+        self._cols[:, self._n] = (seq, day, code)
+        self._n += 1
+
+    def upto(self, last: int | None) -> Candidates:
+        """The candidates with seq <= `last` (all with None)."""
+        seqs = self._cols[0, : self._n]
+        end = self._n if last is None else int(np.searchsorted(seqs, last, side="right"))
+        cols = self._cols[:, :end]
+        return Candidates(cols[0], cols[1], cols[2], tuple(self._names))
 
 
 @dataclass(frozen=True)
@@ -70,37 +125,52 @@ def zscores(values: Floats) -> Floats:
     return out
 
 
-def dense(cands: Sequence[Candidate], scores: Mapping[int, float], missing: float | None) -> Floats:
-    """Scores aligned with candidates; absent ones get `missing` (the lowest seen, by default)."""
+def aligned(cands: Candidates, scores: Mapping[int, float], missing: float | None) -> Floats:
+    """Scores by seq, aligned with candidates; absent ones get `missing` (the lowest seen, by
+    default)."""
     if missing is None:
         missing = min(scores.values()) if scores else 0.0
-    return np.array([scores.get(c.seq, missing) for c in cands], dtype=np.float64)
+    out = np.full(len(cands), missing, dtype=np.float64)
+    if scores and len(cands):
+        seqs = np.fromiter(scores.keys(), dtype=np.int64, count=len(scores))
+        values = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
+        at = np.minimum(np.searchsorted(cands.seq, seqs), len(cands) - 1)
+        known = cands.seq[at] == seqs
+        out[at[known]] = values[known]
+    return out
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Candidates best first: their seqs and fused scores."""
+
+    seq: Ints
+    score: Floats
+
+    def top(self, k: int) -> list[tuple[int, float]]:
+        """The best `k` as (seq, score) pairs."""
+        return list(zip(self.seq[:k].tolist(), self.score[:k].tolist(), strict=True))
 
 
 def fuse(
-    cands: Sequence[Candidate],
-    vector: Mapping[int, float],
-    lexical: Mapping[int, float],
+    cands: Candidates,
+    vector: Floats,
+    lexical: Floats,
     speaker: str | None = None,
     weights: RecallWeights = DEFAULT_WEIGHTS,
-) -> list[tuple[int, float]]:
-    """Rank candidates (given in seq order) best first, with their fused scores."""
-    if not cands:
-        return []
-    score = (1 - weights.lexical) * zscores(dense(cands, vector, None)) + weights.lexical * zscores(
-        dense(cands, lexical, 0.0)
-    )
+) -> Ranking:
+    """Rank candidates best first; `vector` and `lexical` are their scores, aligned with them."""
+    score = (1 - weights.lexical) * zscores(vector) + weights.lexical * zscores(lexical)
     if speaker:
-        score = score + weights.speaker * np.array([c.speaker == speaker for c in cands])
-    score = spread_to_neighbours(cands, score, weights.neighbour_drop)
-    score = score + weights.day * day_strength(cands, score, weights.day_top)
+        score = score + weights.speaker * cands.spoken_by(speaker)
+    score = spread_to_neighbours(cands.day, score, weights.neighbour_drop)
+    score = score + weights.day * day_strength(cands.day, score, weights.day_top)
     order = np.argsort(-score, kind="stable")
-    return [(cands[i].seq, float(score[i])) for i in order]
+    return Ranking(cands.seq[order], score[order])
 
 
-def spread_to_neighbours(cands: Sequence[Candidate], score: Floats, drop: float) -> Floats:
+def spread_to_neighbours(days: Ints, score: Floats, drop: float) -> Floats:
     """Let a turn inherit its same-day neighbour's score, less `drop` (answers follow questions)."""
-    days = np.array([c.day for c in cands])
     same = days[1:] == days[:-1]
     out = score.copy()
     out[1:] = np.where(same, np.maximum(out[1:], score[:-1] - drop), out[1:])
@@ -108,14 +178,16 @@ def spread_to_neighbours(cands: Sequence[Candidate], score: Floats, drop: float)
     return out
 
 
-def day_strength(cands: Sequence[Candidate], score: Floats, top: int) -> Floats:
+def day_strength(days: Ints, score: Floats, top: int) -> Floats:
     """Each turn's day score: the mean of that day's `top` best turn scores."""
-    days = np.fromiter((c.day for c in cands), dtype=np.int64, count=len(cands))
+    if not score.size:
+        return score.copy()
     unique, inverse = np.unique(days, return_inverse=True)
-    means = np.empty(len(unique), dtype=np.float64)
-    for i in range(len(unique)):
-        values = score[inverse == i]
-        best = min(top, values.size)
-        means[i] = np.partition(values, values.size - best)[values.size - best :].mean()
-    out: Floats = means[inverse]
+    order = np.lexsort((-score, inverse))  # by day, best first within a day
+    group = inverse[order]
+    starts = np.searchsorted(group, np.arange(unique.size))
+    best = np.arange(order.size) - starts[group] < top
+    sums = np.bincount(group[best], weights=score[order][best], minlength=unique.size)
+    counts = np.minimum(np.bincount(inverse, minlength=unique.size), top)
+    out: Floats = (sums / counts)[inverse]
     return out

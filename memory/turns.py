@@ -125,10 +125,9 @@ class Turns:
         index = await self.m.indexes.get(user, cid)
         last = index.upto
         question = next(
-            (index.messages[c.seq].text for c in reversed(index.candidates)
-             if index.messages[c.seq].role == "user"),
+            (m.text for m in reversed(index.messages.values()) if m.role == "user"),
             "",
-        )  # fmt: skip
+        )
         query = _Query(user, cid, question, last, layout.budget)
         embedding = _Lazy(self.m, question, index.speakers)
         fresh = await self._reset(query, index, layout.system, embedding)
@@ -163,10 +162,8 @@ class Turns:
         embedding: _Lazy,
     ) -> Layout:
         """A fresh layout: pinned summary, a recalled block, and room for the timeline to grow."""
-        from memory.manager import _upto
-
-        older = _upto(index, query.last)
-        newest = [index.messages[c.seq] for c in reversed(older[-RECENT_FETCH:])]
+        older = index.candidates.upto(query.last)
+        newest = [index.messages[seq] for seq in reversed(older.seq[-RECENT_FETCH:].tolist())]
         recent = pack_recent(
             [Turn(m.seq, self.m._cost(m)) for m in newest], int(query.budget * RESET_RECENT_SHARE)
         )

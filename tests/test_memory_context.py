@@ -103,7 +103,7 @@ async def test_a_message_naming_a_speaker_is_also_embedded_without_the_name(
 
 def test_bm25_scores_the_content_of_a_message_not_the_speaker_it_names() -> None:
     index = LexicalIndex()
-    index.add(1, terms("Bo: Hi Ann!"))
-    index.add(2, terms("Ann: We adopted a puppy named Rex"))
+    index.add(terms("Bo: Hi Ann!"))
+    index.add(terms("Ann: We adopted a puppy named Rex"))
     scores = index.scores(terms(without_names("Which puppy did Ann adopt?", {"Ann", "Bo"})))
-    assert set(scores) == {2}
+    assert scores[0] == 0 and scores[1] > 0

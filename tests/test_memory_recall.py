@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 
 from memory.lexical import LexicalIndex, stem, terms
-from memory.recall import Candidate, RecallWeights, day_strength, fuse, named_speaker, zscores
+from memory.recall import (
+    Candidates,
+    CandidateTable,
+    RecallWeights,
+    aligned,
+    day_strength,
+    fuse,
+    named_speaker,
+    zscores,
+)
 from tests.fakes import FakeEmbedder
 
 DOCS = [
@@ -44,19 +56,29 @@ def test_stems_join_plurals_and_verb_forms_with_their_base_word() -> None:
 
 def test_bm25_matches_a_plural_question_to_a_singular_turn() -> None:
     index = LexicalIndex()
-    index.add(1, terms("Nate: I took my turtle to the beach"))
-    index.add(2, terms("Joanna: The beach was lovely"))
+    index.add(terms("Nate: I took my turtle to the beach"))
+    index.add(terms("Joanna: The beach was lovely"))
     scores = index.scores(terms("How many turtles does Nate have?"))
-    assert max(scores, key=lambda s: scores[s]) == 1
+    assert int(np.argmax(scores)) == 0 and scores[0] > scores[1] == 0
 
 
 def test_bm25_prefers_the_document_sharing_rare_terms() -> None:
     index = LexicalIndex()
-    for seq, doc in enumerate(DOCS, start=1):
-        index.add(seq, terms(doc))
+    for doc in DOCS:
+        index.add(terms(doc))
     scores = index.scores(terms("Which instrument does Bob's sister play?"))
-    assert max(scores, key=lambda s: scores[s]) == 2
-    assert index.scores(terms("zebra")) == {}
+    assert int(np.argmax(scores)) == 1
+    assert not index.scores(terms("zebra")).any() and len(index.scores([])) == len(DOCS)
+
+
+def test_bm25_scores_follow_the_formula() -> None:
+    index = LexicalIndex(k1=1.2, b=0.5)
+    index.add(["cat", "cat", "dog"])
+    index.add(["dog"])
+    avg = 2.0
+    idf = math.log(1 + (2 - 1 + 0.5) / (1 + 0.5))
+    want = idf * 2 * 2.2 / (2 + 1.2 * (1 - 0.5 + 0.5 * 3 / avg))
+    assert index.scores(["cat"]).tolist() == [pytest.approx(want), 0.0]
 
 
 def test_named_speaker_needs_exactly_one_name() -> None:
@@ -72,41 +94,71 @@ def _vector_scores(query: str) -> dict[int, float]:
 
 
 def test_fusion_ranks_the_turn_both_signals_agree_on_first() -> None:
-    cands = [Candidate(seq, day=seq) for seq in range(1, 5)]  # separate days: no spreading
+    cands = Candidates.of((seq, seq, "") for seq in range(1, 5))  # separate days: no spreading
     query = "Alice adopted a puppy"
     index = LexicalIndex()
-    for seq, doc in enumerate(DOCS, start=1):
-        index.add(seq, terms(doc))
-    ranked = fuse(cands, _vector_scores(query), index.scores(terms(query)))
-    assert ranked[0][0] == 1
-    assert ranked[0][1] > ranked[1][1]
+    for doc in DOCS:
+        index.add(terms(doc))
+    ranked = fuse(cands, aligned(cands, _vector_scores(query), None), index.scores(terms(query)))
+    assert ranked.top(2)[0][0] == 1
+    assert ranked.score[0] > ranked.score[1]
 
 
 def test_lexical_signal_alone_still_ranks_when_there_are_no_vectors() -> None:
-    cands = [Candidate(seq, day=seq) for seq in range(1, 5)]
-    ranked = fuse(cands, {}, {3: 2.0})
-    assert ranked[0][0] == 3
+    cands = Candidates.of((seq, seq, "") for seq in range(1, 5))
+    ranked = fuse(cands, aligned(cands, {}, None), aligned(cands, {3: 2.0}, 0.0))
+    assert ranked.seq[0] == 3
 
 
 def test_speaker_bonus_breaks_a_tie_towards_the_named_speaker() -> None:
-    cands = [Candidate(1, 1, "Alice"), Candidate(2, 2, "Bob")]
+    cands = Candidates.of([(1, 1, "Alice"), (2, 2, "Bob")])
     weights = RecallWeights(neighbour_drop=10.0, day=0.0)
-    assert fuse(cands, {1: 0.5, 2: 0.5}, {}, "Bob", weights)[0][0] == 2
-    assert fuse(cands, {1: 0.5, 2: 0.5}, {}, "Alice", weights)[0][0] == 1
+    tie, none = np.array([0.5, 0.5]), np.zeros(2)
+    assert fuse(cands, tie, none, "Bob", weights).seq[0] == 2
+    assert fuse(cands, tie, none, "Alice", weights).seq[0] == 1
+    assert fuse(cands, tie, none, "Carol", weights).score.tolist() == [0.0, 0.0]
 
 
 def test_a_turn_inherits_its_same_day_neighbours_score_but_not_across_days() -> None:
-    same_day = [Candidate(1, 7), Candidate(2, 7), Candidate(3, 8), Candidate(4, 9)]
+    same_day = Candidates.of([(1, 7, ""), (2, 7, ""), (3, 8, ""), (4, 9, "")])
     weights = RecallWeights(lexical=1.0, day=0.0, neighbour_drop=0.5)
-    ranked = dict(fuse(same_day, {}, {1: 9.0}, None, weights))
+    lexical = aligned(same_day, {1: 9.0}, 0.0)
+    ranked = dict(fuse(same_day, np.zeros(4), lexical, None, weights).top(4))
     assert ranked[2] > ranked[3]  # 2 follows the hit on its day; 3 is another day
     assert ranked[3] == ranked[4]
 
 
 def test_day_strength_is_the_mean_of_the_days_best_turns() -> None:
-    cands = [Candidate(1, 1), Candidate(2, 1), Candidate(3, 2)]
-    got = day_strength(cands, np.array([1.0, 3.0, 5.0]), top=1)
-    assert list(got) == [3.0, 3.0, 5.0]
+    days = np.array([1, 1, 2])
+    assert list(day_strength(days, np.array([1.0, 3.0, 5.0]), top=1)) == [3.0, 3.0, 5.0]
+    assert list(day_strength(days, np.array([1.0, 3.0, 5.0]), top=2)) == [2.0, 2.0, 5.0]
+
+
+def test_day_strength_agrees_with_a_direct_mean_on_unsorted_days() -> None:
+    rng = np.random.default_rng(7)
+    days, score = rng.integers(0, 9, 200), rng.normal(size=200)
+    got = day_strength(days, score, top=3)
+    for day in np.unique(days):
+        best = np.sort(score[days == day])[::-1][:3]
+        assert np.allclose(got[days == day], best.mean())
+
+
+def test_aligned_scores_skip_seqs_that_are_not_candidates() -> None:
+    cands = Candidates.of([(2, 1, ""), (5, 1, ""), (9, 2, "")])
+    assert aligned(cands, {5: 0.7, 6: 0.9, 11: 1.0}, None).tolist() == [0.7, 0.7, 0.7]
+    assert aligned(cands, {9: 0.5, 2: 0.1}, None).tolist() == [0.1, 0.1, 0.5]
+    assert aligned(cands, {}, 0.0).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_candidate_views_survive_the_table_growing() -> None:
+    table = CandidateTable()
+    for seq in range(1, 4):
+        table.append(seq, seq // 2, "Ann" if seq % 2 else "Bo")
+    early = table.upto(2)
+    for seq in range(4, 2000):
+        table.append(seq, seq // 2, "Ann")
+    assert early.seq.tolist() == [1, 2] and early.spoken_by("Bo").tolist() == [False, True]
+    assert len(table.upto(1500)) == 1500 and table.upto(None).seq[-1] == 1999
 
 
 def test_zscores_of_a_constant_signal_are_zero() -> None:
