@@ -69,3 +69,40 @@ def test_the_image_command_parses_its_arguments() -> None:
     )
     for flag in ("--host", "--port", "--model", "--redis-url", "--data-dir"):
         assert flag in out.stdout
+
+
+def test_the_scale_profile_runs_two_replicas_over_the_one_redis_behind_a_proxy() -> None:
+    services = _compose()["services"]
+    assert {n for n, s in services.items() if "profiles" not in s} == {"redis", "memchat"}
+    replicas = [n for n, s in services.items() if s.get("profiles") == ["scale"] and "build" in s]
+    assert replicas == ["memchat-a", "memchat-b"]
+    single = services["memchat"]["environment"]
+    for name in replicas:
+        app = services[name]
+        assert app["build"] == "."
+        assert app["environment"]["MEMCHAT_REDIS_URL"] == single["MEMCHAT_REDIS_URL"]
+        assert "MEMCHAT_INFERENCE_URL" in app["environment"]
+        assert app["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert "ports" not in app  # reached only through the proxy
+    proxy = services["proxy"]
+    assert proxy["profiles"] == ["scale"]
+    assert proxy["image"].startswith("nginx:")
+    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    assert all(p.startswith("127.0.0.1:") for p in proxy["ports"])
+    assert {n: d["condition"] for n, d in proxy["depends_on"].items()} == {
+        n: "service_healthy" for n in replicas
+    }
+
+
+def test_the_proxy_routes_to_the_compose_replicas_by_conversation() -> None:
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    upstream = re.search(r"upstream memchat \{(.*?)\}", conf, re.DOTALL)
+    assert upstream is not None
+    port = next(line for line in _dockerfile() if "MEMCHAT_PORT=" in line)
+    servers = re.findall(r"server ([\w-]+):(\d+)", upstream.group(1))
+    assert servers == [("memchat-a", "8080"), ("memchat-b", "8080")]
+    assert "MEMCHAT_PORT=8080" in port
+    assert "hash $route_key consistent;" in upstream.group(1)
+    assert "$http_x_memchat_conversation" in conf and "$arg_conversation" in conf
+    for directive in ("proxy_set_header Upgrade $http_upgrade;", "proxy_buffering off;"):
+        assert directive in conf
