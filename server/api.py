@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,9 +14,10 @@ from memory.store import Message
 from models.errors import BadRequest, MemchatError
 from server import api_memory, metrics
 from server.auth import user_of
-from server.errors import InvalidParameter, RateLimited, Unauthorized, error_type
+from server.errors import InvalidParameter, QueueFull, RateLimited, Unauthorized, error_type
 from server.runtime import RUNTIME, Runtime
 
+HEALTH_REDIS_TIMEOUT_S = 2.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -64,7 +66,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _headers(e: MemchatError) -> dict[str, str] | None:
-    if isinstance(e, RateLimited):
+    if isinstance(e, RateLimited | QueueFull):
         return {"Retry-After": str(e.retry_after)}
     if isinstance(e, Unauthorized):
         return {"WWW-Authenticate": 'Bearer realm="memchat"'}
@@ -76,17 +78,35 @@ def _runtime(request: web.Request) -> Runtime:
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 when the model, embedder and Redis are ready; 503 with what is not."""
+    """200 when the model, embedder and Redis are ready; 503 with what is not, and why."""
     rt = _runtime(request)
-    checks = {
-        "model": rt.llm.ready,
-        "embedder": rt.memory.embedder is not None,
-        "redis": await rt.store.ping(),
+    problems = {
+        "model": None if rt.llm.ready else "the model is loading (or failed to; see the log)",
+        "embedder": _embedder_problem(rt),
+        "redis": await _redis_problem(rt),
     }
-    ok = all(checks.values())
-    return web.json_response(
-        {"status": "ok" if ok else "unavailable", **checks}, status=200 if ok else 503
-    )
+    ok = not any(problems.values())
+    body: dict[str, Any] = {"status": "ok" if ok else "unavailable"}
+    body |= {part: problem is None for part, problem in problems.items()}
+    if not ok:
+        body["reasons"] = {part: why for part, why in problems.items() if why}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+def _embedder_problem(rt: Runtime) -> str | None:
+    if rt.memory.embedder is not None:
+        return None
+    task = rt.embedder_task
+    if task is not None and task.done() and not task.cancelled() and task.exception():
+        return f"the embedder failed to load: {task.exception()}"
+    return "the embedder is loading"
+
+
+async def _redis_problem(rt: Runtime) -> str | None:
+    try:
+        return await asyncio.wait_for(rt.store.unreachable(), HEALTH_REDIS_TIMEOUT_S)
+    except TimeoutError:
+        return f"Redis did not answer a PING within {HEALTH_REDIS_TIMEOUT_S:g} s"
 
 
 async def get_metrics(request: web.Request) -> web.Response:

@@ -6,23 +6,29 @@ stored conversation) or `stateless` (the client's own messages), each with its o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
+
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from memory.manager import ContextRecord
 from memory.store import Message
-from models.errors import BadRequest, ModelError, Unavailable
+from models.errors import BadRequest, MemchatError, Unavailable
 from models.types import ChatMessage, Delta, Finished, SamplingParams
 from server.logs import request_id
 from server.protocol import Status
 from server.runtime import Runtime
 
 log = logging.getLogger(__name__)
+STORE_RETRY_S = 30.0  # how long a finished reply waits for Redis to come back to be stored
+STORE_RETRY_FIRST_S = 0.1
+STORE_RETRY_MAX_S = 2.0
 
 
 @dataclass
@@ -60,7 +66,8 @@ class Outcome:
     status: Status
     finished: Finished
     conversation_id: str | None = None
-    message_seq: int | None = None
+    message_seq: int | None = None  # None: not stored (a failure before any text)
+    error_code: str = ""  # why a reply with status "error" failed
 
 
 class Sink(Protocol):
@@ -86,6 +93,7 @@ async def reply(rt: Runtime, ask: Ask, sink: Sink, current: Reply) -> Outcome:
     """Store the user's turn, pack memory into the prompt, stream the reply, store it."""
     request_id.set(current.response_id)
     _check_ready(rt)
+    _check_fits(rt, ask)
     user, cid = ask.user, ask.conversation_id
     if cid is None:
         cid = (await rt.store.create_conversation(user)).id
@@ -100,12 +108,13 @@ async def reply(rt: Runtime, ask: Ask, sink: Sink, current: Reply) -> Outcome:
     )
     _count_recalls(rt, built.record)
     await _try(sink.context(built.record), current)
-    text, done = await generate(rt, built.messages, ask.params, sink, current, cache_key=cid)
-    status = _status(done, current)
-    answer = await rt.memory.record(user, cid, "assistant", text, status=status)
-    rt.spawn(rt.memory.index(user, cid, [asked, answer]))
+    gen = await generate(rt, built.messages, ask.params, sink, current, cache_key=cid)
+    status = _status(gen.finished, current)
+    answer = await _store_reply(rt, user, cid, gen.text, status)
+    rt.spawn(rt.memory.index(user, cid, [asked] if answer is None else [asked, answer]))
     rt.spawn(_after_reply(rt, user, cid))
-    outcome = Outcome(text, status, done, cid, answer.seq)
+    seq = None if answer is None else answer.seq
+    outcome = Outcome(gen.text, status, gen.finished, cid, seq, gen.error_code)
     return await _finish(rt, outcome, sink, current, user)
 
 
@@ -142,8 +151,19 @@ async def stateless(
             f"messages resulted in {prompt} tokens. Please reduce the length of the messages.",
         )
     await _try(sink.started(None), current)
-    text, done = await generate(rt, messages, params, sink, current, cache_key=None)
-    return await _finish(rt, Outcome(text, _status(done, current), done), sink, current, user)
+    gen = await generate(rt, messages, params, sink, current, cache_key=None)
+    status = _status(gen.finished, current)
+    outcome = Outcome(gen.text, status, gen.finished, error_code=gen.error_code)
+    return await _finish(rt, outcome, sink, current, user)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What the model produced: the text, its accounting, and why it failed if it did."""
+
+    text: str
+    finished: Finished
+    error_code: str = ""
 
 
 async def generate(
@@ -154,8 +174,8 @@ async def generate(
     current: Reply,
     *,
     cache_key: str | None,
-) -> tuple[str, Finished]:
-    """Stream one generation to the sink; return its text and accounting."""
+) -> Generated:
+    """Stream one generation to the sink; a model failure ends it with status "error"."""
     m = rt.metrics
     parts: list[str] = []
     done: Finished | None = None
@@ -175,14 +195,47 @@ async def generate(
                     await _try(sink.delta(event.text), current)
             else:
                 done = event
+    except MemchatError as e:  # refused by the model (context overflow, not loaded)
+        return _failed(parts, e.code, e.message)
+    except Exception as e:  # a crash inside generation ends this reply, not the server
+        log.exception("the model failed mid-reply")
+        return _failed(parts, "model_error", f"generation failed: {e}")
     finally:
         (m.requests_deferred if waiting else m.requests_processing).dec()
     if done is None:
-        raise ModelError("model_error", "the model stopped without finishing the reply")
+        return _failed(parts, "model_error", "the model stopped without finishing the reply")
     m.prompt_tokens.inc(done.prompt_tokens)
     m.tokens_predicted.inc(done.completion_tokens)
     m.reply_time.observe(time.perf_counter() - current.asked_at)
-    return "".join(parts), done
+    if done.reason == "error":  # the engine caught a crash inside generation
+        done = replace(done, error=f"generation failed: {done.error}")
+        return Generated("".join(parts), done, "model_error")
+    return Generated("".join(parts), done)
+
+
+def _failed(parts: list[str], code: str, message: str) -> Generated:
+    done = Finished("error", 0, len(parts), 0, 0.0, 0.0, error=message)
+    return Generated("".join(parts), done, code)
+
+
+async def _store_reply(
+    rt: Runtime, user: str, cid: str, text: str, status: Status
+) -> Message | None:
+    """Store the reply (a failure with no text stores nothing), retrying while Redis is down
+    for up to STORE_RETRY_S: the user has seen the text, so it must not be lost to a blip."""
+    if status == "error" and not text:
+        return None
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + STORE_RETRY_S, STORE_RETRY_FIRST_S
+    while True:
+        try:
+            return await rt.memory.record(user, cid, "assistant", text, status=status)
+        except RedisConnectionError:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("storing the reply failed: Redis is unreachable; retrying")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX_S)
 
 
 def new_reply(prefix: str = "resp_") -> Reply:
@@ -195,6 +248,17 @@ def _check_ready(rt: Runtime) -> None:
         raise Unavailable("model_loading", "the model is still loading; retry in a moment")
 
 
+def _check_fits(rt: Runtime, ask: Ask) -> None:
+    """Refuse, before anything is stored, a message the model's context cannot hold."""
+    fixed = rt.memory.budget(rt.llm.n_ctx, ask.params.max_tokens, ask.system_prompt, ask.text)
+    if fixed.fixed_tokens >= rt.llm.n_ctx:
+        raise BadRequest(
+            "context_length_exceeded",
+            f"the message and system prompt take {fixed.fixed_tokens} tokens; the model's "
+            f"context holds {rt.llm.n_ctx}. Shorten the message.",
+        )
+
+
 def _status(done: Finished, current: Reply) -> Status:
     return "interrupted" if current.client_gone and done.reason == "cancelled" else done.reason
 
@@ -203,8 +267,8 @@ async def _finish(rt: Runtime, outcome: Outcome, sink: Sink, current: Reply, use
     done = outcome.finished
     rt.metrics.replies.labels(outcome.status).inc()
     if done.reason == "error":
-        rt.metrics.errors.labels("model_error").inc()
-        log.error("generation failed: %s", done.error)
+        rt.metrics.errors.labels(outcome.error_code).inc()
+        log.error("generation failed (%s): %s", outcome.error_code, done.error)
     log.info(
         "reply %s: prompt_tokens=%d cached_tokens=%d completion_tokens=%d ttft_ms=%.1f user=%s "
         "conversation=%s",

@@ -17,6 +17,7 @@ __all__ = [
     "MemchatError",
     "ModelError",
     "NotFound",
+    "QueueFull",
     "RateLimited",
     "Unauthorized",
     "Unavailable",
@@ -45,6 +46,20 @@ class Forbidden(MemchatError):
 
     status = 403
     code = "forbidden"
+
+
+class QueueFull(Busy):
+    """Too many replies are waiting or generating; retry in a moment (503, code "busy")."""
+
+    status = 503
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            "busy",
+            f"the server is busy: {limit} replies are already waiting or generating "
+            "(max_queue); retry in a moment",
+        )
+        self.retry_after = 1
 
 
 class RateLimited(MemchatError):

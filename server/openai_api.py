@@ -90,7 +90,7 @@ class CompletionSink:
             return
         done = outcome.finished
         if done.reason == "error":
-            await self.error("model_error", f"generation failed: {done.error}", 500)
+            await self.error(outcome.error_code, done.error, 500)
             return
         await self._event(self._chunk({}, wire.finish_reason(outcome.status)))
         if self.req.include_usage:
@@ -108,7 +108,7 @@ class CompletionSink:
         """The whole non-streaming answer."""
         done = outcome.finished
         if done.reason == "error":
-            raise ModelError("model_error", f"generation failed: {done.error}")
+            raise ModelError(outcome.error_code, done.error)
         used = wire.usage(done.prompt_tokens, done.completion_tokens)
         body = wire.completion(self._stamp(), outcome.text, outcome.status, used)
         headers = {"X-Request-Id": self.rid}
@@ -137,7 +137,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     current = new_reply("chatcmpl-")
     sink = CompletionSink(request, current, req)
     # The reply runs as its own task so that it is stored even if this handler is cancelled.
-    task = rt.spawn(_run(rt, user, req, sink, current))
+    task = rt.spawn_reply(_run(rt, user, req, sink, current))
     try:
         result = await asyncio.shield(task)
     except asyncio.CancelledError:

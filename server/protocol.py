@@ -69,7 +69,7 @@ def parse_client_frame(raw: str, max_chars: int) -> ClientFrame:
     """Parse and validate one text frame; raise BadRequest with a precise code otherwise."""
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, or an over-long integer
         raise BadRequest("invalid_json", "frames must be JSON objects") from e
     if not isinstance(data, dict):
         raise BadRequest("invalid_frame", "frames must be JSON objects with a 'type' field")
@@ -98,6 +98,11 @@ def _text(data: dict[str, Any], max_chars: int) -> str:
     text: str = _field(data, "text", str, required=True)
     if not text.strip():
         raise BadRequest("empty_message", "'text' must not be empty")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate escape such as "\\ud800"
+            raise BadRequest("invalid_text", "'text' has an unpaired surrogate") from e
     if len(text) > max_chars:
         raise BadRequest(
             "message_too_long", f"'text' has {len(text)} characters; the limit is {max_chars}"
@@ -143,9 +148,11 @@ def response_done(
     usage: dict[str, int],
     timings: dict[str, float],
     message_seq: int | None = None,
+    *,
+    error: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The reply ended; `status` says how."""
-    return {
+    """The reply ended; `status` says how (with status "error", `error` says why)."""
+    frame: dict[str, Any] = {
         "type": RESPONSE_DONE,
         "response_id": response_id,
         "status": status,
@@ -153,6 +160,9 @@ def response_done(
         "timings": timings,
         "message_seq": message_seq,
     }
+    if error is not None:
+        frame["error"] = error
+    return frame
 
 
 def context(response_id: str, record: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from aiohttp import web
 from memory.manager import Embedder, MemoryManager
 from memory.store import Store
 from models.types import ChatModel
+from server.errors import QueueFull
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -31,6 +33,7 @@ class Runtime:
     embedder_task: asyncio.Task[Embedder] | None = None
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
+    replies: int = 0  # chat replies admitted and not yet ended (waiting or generating)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run work that must finish even if its requester leaves; shutdown waits for it."""
@@ -38,6 +41,19 @@ class Runtime:
         self.background.add(task)
         task.add_done_callback(self._finished)
         return task
+
+    def spawn_reply(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a chat reply if fewer than `max_queue` are in flight; else refuse it at once."""
+        if self.replies >= self.settings.max_queue:
+            coro.close()  # never started: nothing was stored or changed
+            raise QueueFull(self.settings.max_queue)
+        self.replies += 1
+        task = self.spawn(coro)
+        task.add_done_callback(self._reply_ended)
+        return task
+
+    def _reply_ended(self, _task: asyncio.Task[Any]) -> None:
+        self.replies -= 1
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self.background.discard(task)

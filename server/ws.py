@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -60,8 +61,15 @@ class WsSink:
                     "tokens_per_s": round(done.tokens_per_s, 2),
                 },
                 message_seq=outcome.message_seq,
+                error=_error_of(outcome),
             )
         )
+
+
+def _error_of(outcome: Outcome) -> dict[str, str] | None:
+    if outcome.status != "error":
+        return None
+    return {"code": outcome.error_code, "message": outcome.finished.error}
 
 
 class Session:
@@ -92,8 +100,9 @@ class Session:
             raise Busy("busy", "a reply is still streaming; cancel it or wait for response.done")
         if self.access.required:
             self.access.limiter.check(self.key)
-        self.current = new_reply()
-        self.task = self.rt.spawn(self._run(frame, self.current))
+        current = new_reply()
+        self.task = self.rt.spawn_reply(self._run(frame, current))
+        self.current = current
 
     def cancel(self, response_id: str | None) -> None:
         """Stop the current reply (if the id matches, when one is given)."""
@@ -115,6 +124,10 @@ class Session:
                 f"storage failed ({e}); retry when /health is ok",
                 current.response_id,
             )
+        except Exception:  # a bug must not leave the client waiting forever
+            log.exception("reply %s failed", current.response_id)
+            message = "the reply failed; see the server log"
+            await self.error("internal_error", message, current.response_id)
 
     async def _ask(self, frame: protocol.ReplyFrame) -> Ask:
         """The reply a frame asks for; regenerate and edit first rewind the stored history."""
@@ -134,7 +147,8 @@ class Session:
         """Tell the client what went wrong, if it is still there."""
         self.rt.metrics.errors.labels(code).inc()
         if not self.ws.closed:
-            await self.send(protocol.error(code, message, response_id))
+            with contextlib.suppress(ConnectionError):  # it left meanwhile
+                await self.send(protocol.error(code, message, response_id))
 
     async def close(self) -> None:
         """The client left: stop generating; the reply is stored as interrupted."""

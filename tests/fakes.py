@@ -43,6 +43,8 @@ class FakeLLM:
         self.permits: asyncio.Semaphore | None = None  # when set, each token takes one permit
         self.is_ready = True
         self.closed = False
+        self.failure: tuple[int, Exception | None] | None = None
+        self.summaries: list[str | Exception] = []  # background outputs, then BACKGROUND_TEXT
 
     @property
     def ready(self) -> bool:
@@ -63,6 +65,17 @@ class FakeLLM:
         """Replies to give, in order (then 'ok')."""
         self.replies.extend(replies)
 
+    def fail(self, after: int, error: Exception | None = None) -> None:
+        """Make the next chat reply fail after `after` tokens: raise `error` out of the stream,
+        or with none end it as the engine does when it catches a crash (reason "error")."""
+        self.failure = (after, error)
+
+    def _background(self) -> str:
+        item = self.summaries.pop(0) if self.summaries else BACKGROUND_TEXT
+        if isinstance(item, Exception):
+            raise item
+        return item
+
     async def stream(
         self,
         messages: list[ChatMessage],
@@ -74,13 +87,19 @@ class FakeLLM:
     ) -> AsyncIterator[Delta | Finished]:
         """Yield the next enqueued reply a word at a time."""
         self.history.append(list(messages))
-        # Enqueued replies are for chat requests; background work (summaries) gets a stock text.
+        # Enqueued replies are for chat requests; background work (summaries) gets its own.
         chat = priority == 0
-        text = self.replies.pop(0) if chat and self.replies else "ok" if chat else BACKGROUND_TEXT
+        text = (self.replies.pop(0) if self.replies else "ok") if chat else self._background()
+        failure, self.failure = (self.failure, None) if chat else (None, self.failure)
         words = text.split(" ")
         sent = 0
         reason = "completed"
         for i, word in enumerate(words):
+            if failure is not None and sent == failure[0]:
+                if failure[1] is not None:
+                    raise failure[1]
+                reason = "error"
+                break
             if self.permits is not None:
                 await self.permits.acquire()
             if cancel.is_set():
@@ -92,7 +111,9 @@ class FakeLLM:
             yield Delta(word if i == 0 else " " + word)
             sent += 1
             await asyncio.sleep(0)
-        yield Finished(reason, self.tokenizer.count(messages), sent, 0, 1.0, 100.0)  # type: ignore[arg-type]
+        error = "fake crash" if reason == "error" else ""
+        count = self.tokenizer.count(messages)
+        yield Finished(reason, count, sent, 0, 1.0, 100.0, error)  # type: ignore[arg-type]
 
     async def prefill(self, messages: list[ChatMessage], *, cache_key: str) -> Finished:
         """Record the prefix it was asked to evaluate."""
