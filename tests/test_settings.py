@@ -101,3 +101,22 @@ def test_origins_and_flags_parse() -> None:
     assert s.allowed_origins == ("https://a.example", "http://b.example:3000")
     assert s.allow_unauthenticated is True
     assert s.rate_limit == 5
+
+
+def test_scale_out_settings_name_a_cluster_and_an_inference_server() -> None:
+    env = {
+        "MEMCHAT_REDIS_URL": "redis://node1:7000/0",
+        "MEMCHAT_REDIS_CLUSTER": "yes",
+        "MEMCHAT_INFERENCE_URL": "http://llama:8081/v1",
+        "MEMCHAT_INFERENCE_API_KEY": "sk-secret",
+    }
+    s = settings.load(_parse(["--inference-model", "smol"]), env=env)
+    assert (s.redis_cluster, s.inference_url, s.inference_model) == (
+        True,
+        "http://llama:8081/v1",
+        "smol",
+    )
+    assert s.inference_api_key == "sk-secret" and "sk-secret" not in repr(s)
+    assert settings.load(_parse([]), env={}).redis_cluster is False
+    with pytest.raises(SystemExit, match="redis_cluster"):
+        settings.load(_parse([]), env={"MEMCHAT_REDIS_CLUSTER": "maybe"})
