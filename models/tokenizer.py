@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -13,6 +14,14 @@ from models.types import ChatMessage
 # A template-neutral system message used to measure what one message adds to a prompt.
 _PROBE_SYSTEM = ChatMessage("system", "x")
 _COST_CACHE_SIZE = 50_000
+_FRAGMENT_CACHE_SIZE = 20_000
+# Prompts the fragment path must tokenize exactly as llama.cpp does before it is trusted.
+_SELF_CHECK = (
+    "Hello there!\n\n  How are  you?\t",
+    " leading space, trailing space ",
+    "numbers 12345 and émoji 🙂, ünïcode\r\nline",
+    "\n",
+)
 # Used when a GGUF carries no chat template (ChatML, as most small instruct models use).
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -61,6 +70,7 @@ class GGUFTokenizer:
         )
         self._lock = threading.Lock()
         self._costs: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._fragments = _Fragments(self._vocab)
         self._probe_base = len(
             self.encode(self.template.render([_PROBE_SYSTEM], add_generation_prompt=False))
         )
@@ -75,10 +85,7 @@ class GGUFTokenizer:
         """Tokens of rendered prompt text; special tokens in it are parsed as such."""
         add_bos = not (self.template.bos_token and prompt.startswith(self.template.bos_token))
         with self._lock:
-            tokens: list[int] = self._vocab.tokenize(
-                prompt.encode("utf-8"), add_bos=add_bos, special=True
-            )
-        return tokens
+            return self._fragments.tokenize(prompt, add_bos=add_bos)
 
     def prompt_tokens(
         self, messages: list[ChatMessage], *, add_generation_prompt: bool = True
@@ -107,3 +114,96 @@ class GGUFTokenizer:
             if len(self._costs) > _COST_CACHE_SIZE:
                 self._costs.popitem(last=False)
         return cost
+
+
+class _Fragments:
+    """Tokenizes prompts piece by piece, remembering the pieces.
+
+    llama.cpp splits a prompt at its special tokens and tokenizes the text between them on
+    its own (byte-level BPE vocabularies), so a prompt's tokens are its pieces' tokens in
+    order; a conversation's prompts share most pieces (one per message), so each turn pays
+    only for the new ones. Used only for vocabularies where a self-check at load agrees with
+    tokenizing whole prompts; other vocabularies are always tokenized whole.
+    """
+
+    def __init__(self, vocab: Any) -> None:
+        import llama_cpp
+
+        self._ll = llama_cpp
+        self._vocab = vocab._model.vocab
+        self._bos = vocab.token_bos() if llama_cpp.llama_vocab_get_add_bos(self._vocab) else -1
+        self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._specials: dict[str, int] = {}
+        self._split: re.Pattern[str] | None = None
+        if llama_cpp.llama_vocab_type(self._vocab) == llama_cpp.LLAMA_VOCAB_TYPE_BPE:
+            self._specials = _special_tokens(vocab)
+        if self._specials:
+            by_length = sorted(self._specials, key=len, reverse=True)
+            self._split = re.compile("(" + "|".join(map(re.escape, by_length)) + ")")
+            if not self._agrees():
+                self._split = None
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        """The tokens of prompt text, special tokens parsed."""
+        if self._split is None:
+            return self.whole(text, add_bos=add_bos)
+        out = [self._bos] if add_bos and self._bos >= 0 else []
+        for i, piece in enumerate(self._split.split(text)):
+            if i % 2:
+                out.append(self._specials[piece])
+            elif piece:
+                out.extend(self._piece(piece))
+        return out
+
+    def whole(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
+        """llama.cpp's own tokenization of the whole text."""
+        data = text.encode("utf-8")
+        room = len(data) + 2  # never more tokens than bytes, plus BOS/EOS
+        buf = (self._ll.llama_token * room)()
+        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, room, add_bos, special)
+        if n < 0:
+            raise ValueError(f"cannot tokenize a text of {len(data)} bytes")
+        return list(buf[:n])
+
+    def _piece(self, text: str) -> tuple[int, ...]:
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            return cached
+        tokens = tuple(self.whole(text, add_bos=False, special=False))
+        self._cache[text] = tokens
+        if len(self._cache) > _FRAGMENT_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return tokens
+
+    def _agrees(self) -> bool:
+        specials = list(self._specials)[:4]
+        for i, sample in enumerate(_SELF_CHECK):
+            text = sample + specials[i % len(specials)] + sample + specials[-1] + "\n" + sample
+            for add_bos in (True, False):
+                if self.tokenize(text, add_bos=add_bos) != self.whole(text, add_bos=add_bos):
+                    return False
+        self._cache.clear()
+        return True
+
+
+def _special_tokens(vocab: Any) -> dict[str, int]:
+    """The tokens llama.cpp parses out of prompt text, by their text; empty when any of them
+    strips the whitespace around it (the pieces would then not be independent)."""
+    import llama_cpp as ll
+
+    handle = vocab._model.vocab
+    special = ll.LLAMA_TOKEN_ATTR_CONTROL | ll.LLAMA_TOKEN_ATTR_USER_DEFINED
+    special |= ll.LLAMA_TOKEN_ATTR_UNKNOWN
+    strips = ll.LLAMA_TOKEN_ATTR_LSTRIP | ll.LLAMA_TOKEN_ATTR_RSTRIP
+    out: dict[str, int] = {}
+    for token in range(ll.llama_vocab_n_tokens(handle)):
+        attr = ll.llama_vocab_get_attr(handle, token)
+        if not attr & special:
+            continue
+        if attr & strips:
+            return {}
+        text = vocab.detokenize([token], special=True).decode("utf-8", errors="replace")
+        if text:
+            out.setdefault(text, token)
+    return out
