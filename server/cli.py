@@ -8,7 +8,7 @@ import sys
 from aiohttp import web
 
 from models.errors import MemchatError
-from server import cli_bench, cli_chat, cli_memory, logs
+from server import cli_bench, cli_chat, cli_memory, cli_soak, logs
 from server import settings as settings_mod
 
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     cli_memory.add_commands(commands)
     cli_bench.add_commands(commands)
     cli_chat.add_commands(commands)
+    cli_soak.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "chat":
         return cli_chat.run(args)
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli_memory.run(args)
     if args.command == "bench":
         return cli_bench.run_command(args)
+    if args.command == "soak":
+        return cli_soak.run_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

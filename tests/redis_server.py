@@ -7,16 +7,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from server.local_server import free_port
 from server.redis_process import find_redis_server
 
 START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
