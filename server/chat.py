@@ -97,7 +97,7 @@ async def reply(rt: Runtime, ask: Ask, sink: Sink, current: Reply) -> Outcome:
     user, cid = ask.user, ask.conversation_id
     if cid is None:
         cid = (await rt.store.create_conversation(user)).id
-        await sink.conversation_created(cid)
+        await _try(sink.conversation_created(cid), current)
     else:
         await rt.store.get_conversation(user, cid)
     asked = ask.asked or await rt.memory.record(user, cid, "user", ask.text)
