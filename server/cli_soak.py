@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import sys
 import tempfile
 from dataclasses import fields
@@ -23,6 +24,7 @@ _HELP = {
     "sample_s": "seconds between memory samples",
     "seed": "seed of the clients' messages",
 }
+_OWN = [f.name for f in fields(SoakConfig) if f.name in _HELP]
 
 
 def add_commands(commands: Any) -> None:
@@ -31,14 +33,19 @@ def add_commands(commands: Any) -> None:
         "soak", help="run many websocket clients against a fresh local server; print JSON figures"
     )
     for f in fields(SoakConfig):
-        flag = "--" + f.name.replace("_", "-")
-        soak.add_argument(flag, type=type(f.default), default=f.default, help=_HELP[f.name])
+        if f.name in _HELP:
+            flag = "--" + f.name.replace("_", "-")
+            soak.add_argument(flag, type=type(f.default), default=f.default, help=_HELP[f.name])
+    soak.add_argument("--serve-args", default="", help='more server flags: "--engine batched"')
     soak.add_argument("--json", type=Path, default=None, help="also write the figures here")
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the soak in a temporary data dir; exit 1 when a reply failed or anything was lost."""
-    cfg = SoakConfig(**{f.name: getattr(args, f.name) for f in fields(SoakConfig)})
+    cfg = SoakConfig(
+        **{name: getattr(args, name) for name in _OWN},
+        serve_args=tuple(shlex.split(args.serve_args)),
+    )
     with tempfile.TemporaryDirectory(prefix="memchat-soak-") as tmp:
         figures = asyncio.run(run(cfg, Path(tmp), lambda line: print(line, file=sys.stderr)))
     text = json.dumps(figures, indent=2)

@@ -38,6 +38,7 @@ class SoakConfig:
     kv_ram_mb: int = 128
     sample_s: float = 2.0
     seed: int = 7
+    serve_args: tuple[str, ...] = ()  # more `memchat serve` flags, e.g. ("--engine", "batched")
 
 
 @dataclass
@@ -77,6 +78,7 @@ def _server_args(cfg: SoakConfig) -> list[str]:
         "--kv-ram-mb", str(cfg.kv_ram_mb),
         "--rate-limit", "0",
         "--log-level", "warning",
+        *cfg.serve_args,
     ]  # fmt: skip
 
 
@@ -181,6 +183,7 @@ def _figures(
         "seconds": cfg.seconds,
         "reply_tokens": cfg.reply_tokens,
         "max_queue": cfg.max_queue,
+        "serve_args": " ".join(cfg.serve_args),
         "sent": tally.sent,
         "replies_completed": tally.completed,
         "refused_busy": tally.refused_busy,

@@ -160,3 +160,13 @@ async def test_summarizer_failures_never_touch_replies_or_memory(
     assert await redis.execute_command("VCARD", Keys(USER).vectors(cid)) == len(stored)
     metrics = (await (await client.get("/metrics")).text()).splitlines()
     assert not [line for line in metrics if line.startswith('memchat_errors_total{code="model')]
+
+
+async def test_health_says_what_is_not_ready_and_why(client: Client, llm: FakeLLM) -> None:
+    llm.is_ready = False
+    resp = await client.get("/health")
+    body = await resp.json()
+    assert resp.status == 503
+    assert (body["status"], body["model"], body["redis"]) == ("unavailable", False, True)
+    assert set(body["reasons"]) == {"model"}
+    assert "loading" in body["reasons"]["model"]

@@ -299,6 +299,7 @@ function onFrame(frame) {
       }
       break;
     case FRAMES.RESPONSE_DONE:
+      if (frame.error) setStatus(`The reply failed: ${frame.error.message}`);
       if (s) finishReply(frame).catch((e) => setStatus(e.message));
       break;
     case FRAMES.ERROR:
