@@ -135,6 +135,8 @@ def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None =
         loaded = replace(loaded, api_keys=keys)
     _check_keys(loaded.api_keys)
     _check_engine(loaded)
+    if loaded.redis_cluster and not loaded.redis_url:
+        raise SystemExit("memchat: redis_cluster needs redis_url, the URL of a cluster node")
     return loaded
 
 

@@ -120,3 +120,5 @@ def test_scale_out_settings_name_a_cluster_and_an_inference_server() -> None:
     assert settings.load(_parse([]), env={}).redis_cluster is False
     with pytest.raises(SystemExit, match="redis_cluster"):
         settings.load(_parse([]), env={"MEMCHAT_REDIS_CLUSTER": "maybe"})
+    with pytest.raises(SystemExit, match="redis_cluster needs redis_url"):
+        settings.load(_parse(["--redis-cluster", "true"]), env={})
