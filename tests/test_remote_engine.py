@@ -6,6 +6,7 @@ llama-server would run), so token counts are checked against a real engine's own
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Awaitable, Callable
@@ -155,7 +156,7 @@ async def test_an_unreachable_server_is_reported_with_the_fix(tokenizer: GGUFTok
 async def test_server_refusals_map_to_memchat_errors(
     aiohttp_server: MakeServer, settings: Settings, engine: LlamaEngine, redis: Redis
 ) -> None:
-    keyed = Settings(**{**settings.__dict__, "api_keys": (ApiKey("svc", "KEY1"),)})
+    keyed = dataclasses.replace(settings, api_keys=(ApiKey("svc", "KEY1"),))
     server = await aiohttp_server(create_app(keyed, llm=engine, embedder=FakeEmbedder()))
     tok = FakeTokenizer()
     with pytest.raises(Unavailable) as caught:
