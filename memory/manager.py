@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -175,8 +176,18 @@ class MemoryManager:
         return built
 
     def last_record(self, user: str, cid: str) -> ContextRecord | None:
-        """The inspection record of the conversation's latest context build, if any."""
+        """The inspection record of this process's latest context build, if any."""
         return self._last_record.get((user, cid))
+
+    async def latest_record(self, user: str, cid: str) -> dict[str, Any] | None:
+        """The inspection record of the conversation's latest reply, whichever replica built it
+        (else this process's latest build), JSON-ready."""
+        raw = await self.store.get_record(user, cid)
+        if raw is not None:
+            record: dict[str, Any] = json.loads(raw)
+            return record
+        local = self.last_record(user, cid)
+        return None if local is None else local.as_dict()
 
     def _start_embedding(
         self, text: str, speakers: Iterable[str] = ()
@@ -346,8 +357,12 @@ class MemoryManager:
         *,
         before: int,
     ) -> BuiltContext:
-        """A chat turn's prompt along the conversation's cached layout (see memory/layout.py)."""
-        return await self.turns.build(user, cid, new_message, history_budget, system, before=before)
+        """A chat turn's prompt along the conversation's cached layout (see memory/layout.py);
+        its inspection record is stored for every replica."""
+        turns = self.turns
+        built = await turns.build(user, cid, new_message, history_budget, system, before=before)
+        await self.store.put_record(user, cid, json.dumps(built.record.as_dict()))
+        return built
 
     async def after_reply(self, user: str, cid: str) -> None:
         """Background work after a reply: fold turns that left the timeline into the summary,

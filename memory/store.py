@@ -8,6 +8,7 @@ Schema (every key of a user shares the `{user}` hash tag, so it lives in one clu
     memchat:{<user>}:conv:<cid>:vec        vset   seq -> embedding of that message
     memchat:{<user>}:conv:<cid>:summary    hash   text, version, upto_seq, tokens, updated_at
     memchat:{<user>}:conv:<cid>:layout     string JSON: how the latest reply's prompt was laid out
+    memchat:{<user>}:conv:<cid>:context    string JSON: what memory packed into the latest reply
     memchat:{<user>}:conv:<cid>:lock:<job> string owner token of a background job (expires)
     memchat:{<user>}:vec                   vset   "<cid>:<seq>" -> embedding (reserved: recall
                                                   across a user's conversations; not written yet)
@@ -59,6 +60,11 @@ _PUT_SUMMARY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if tonumber(redis.call('HGET', KEYS[2], 'version') or '0') ~= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+return 1
+"""
+_SET_IF_CONVERSATION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
 return 1
 """
 _UNLOCK = """
@@ -202,6 +208,10 @@ class Keys:
         """String holding the prompt layout of the conversation's latest reply (JSON)."""
         return self.conversation(cid) + ":layout"
 
+    def context(self, cid: str) -> str:
+        """String holding the inspection record of the conversation's latest reply (JSON)."""
+        return self.conversation(cid) + ":context"
+
     def lock(self, cid: str, job: str) -> str:
         """String naming the replica that runs one background job of a conversation."""
         return self.conversation(cid) + f":lock:{job}"
@@ -214,6 +224,7 @@ class Keys:
             self.vectors(cid),
             self.summary(cid),
             self.layout(cid),
+            self.context(cid),
         ]
 
 
@@ -225,6 +236,7 @@ class Store:
         self._add_vectors = redis.register_script(_ADD_VECTORS)
         self._put_summary = redis.register_script(_PUT_SUMMARY)
         self._unlock = redis.register_script(_UNLOCK)
+        self._set_if_conversation = redis.register_script(_SET_IF_CONVERSATION)
 
     async def check_server(self) -> None:
         """Fail with a fix when the server cannot hold vector sets (Redis < 8), or is a cluster
@@ -419,6 +431,20 @@ class Store:
     async def drop_layout(self, user: str, cid: str) -> None:
         """Forget the prompt layout; the next reply lays the prompt out afresh."""
         await self.redis.delete(Keys(user).layout(cid))
+
+    async def put_record(self, user: str, cid: str, record: str) -> bool:
+        """Keep the inspection record (JSON) of the latest reply where every replica reads it;
+        False (nothing written) when the conversation was deleted meanwhile."""
+        keys = Keys(user)
+        written = await self._set_if_conversation(
+            keys=[keys.conversation(cid), keys.context(cid)], args=[record]
+        )
+        return bool(written)
+
+    async def get_record(self, user: str, cid: str) -> str | None:
+        """The inspection record of the latest reply (JSON), if any."""
+        raw = await self.redis.get(Keys(user).context(cid))
+        return None if raw is None else _text(raw)
 
     async def put_summary(
         self, user: str, cid: str, summary: Summary, *, expect_version: int

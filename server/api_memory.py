@@ -28,10 +28,10 @@ async def get_context(request: web.Request) -> web.Response:
     await rt.store.get_conversation(user, cid)
     message = request.query.get("message")
     if message is None:
-        record = rt.memory.last_record(user, cid)
+        record = await rt.memory.latest_record(user, cid)
         if record is None:
-            raise NotFound("no_context", "no reply was built in this conversation since start-up")
-        return web.json_response({"conversation_id": cid, "context": record.as_dict()})
+            raise NotFound("no_context", "no reply was built in this conversation yet")
+        return web.json_response({"conversation_id": cid, "context": record})
     settings = rt.settings
     budget = rt.memory.budget(rt.llm.n_ctx, settings.reply_tokens, settings.system_prompt, message)
     built = await rt.memory.build_context(

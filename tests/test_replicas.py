@@ -197,3 +197,17 @@ async def test_two_replicas_racing_to_fold_make_one_summary(
     after = await store.get_summary("local", cid)
     assert after.version == before.version + 1 and after.upto_seq > before.upto_seq
     assert await redis.keys("*:lock:*") == []  # released by its owner
+
+
+async def test_the_latest_replys_context_record_is_read_on_any_replica(
+    replicas: tuple[Client, Client],
+) -> None:
+    a, b = replicas
+    cid, packed_on_a = await _say(a, None, "hello", "I like boats")
+    resp = await b.get(f"/api/conversations/{cid}/context")
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["context"] == packed_on_a
+    _, packed_on_b = await _say(b, cid, "and trains")
+    assert (await (await a.get(f"/api/conversations/{cid}/context")).json())[
+        "context"
+    ] == packed_on_b  # the newer reply, built on b, is what a shows now
