@@ -70,10 +70,8 @@ async def steps(urls: dict[str, str], cid: str, turns: int, rng: random.Random) 
         reused = sum(t.usage["cached_tokens"] for t in done) / sum(
             t.usage["prompt_tokens"] for t in done
         )
-        # memchat's /v1 reports no cached tokens, so c's share is unknown, not zero
-        shown = "n/a" if name == "c" else f"{reused:.2f}"
         prompt = statistics.median(t.usage["prompt_tokens"] for t in done)
-        print(f"{label:<28}{ttft:>16.0f}{shown:>14}{prompt:>15.0f}")
+        print(f"{label:<28}{ttft:>16.0f}{reused:>14.2f}{prompt:>15.0f}")
 
 
 async def main(prior: int, turns: int) -> None:

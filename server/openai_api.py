@@ -94,7 +94,7 @@ class CompletionSink:
             return
         await self._event(self._chunk({}, wire.finish_reason(outcome.status)))
         if self.req.include_usage:
-            used = wire.usage(done.prompt_tokens, done.completion_tokens)
+            used = wire.usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
             await self._event(wire.usage_chunk(self._stamp(), used))
         await self.response.write(b"data: [DONE]\n\n")
 
@@ -109,7 +109,7 @@ class CompletionSink:
         done = outcome.finished
         if done.reason == "error":
             raise ModelError(outcome.error_code, done.error)
-        used = wire.usage(done.prompt_tokens, done.completion_tokens)
+        used = wire.usage(done.prompt_tokens, done.completion_tokens, done.cached_tokens)
         body = wire.completion(self._stamp(), outcome.text, outcome.status, used)
         headers = {"X-Request-Id": self.rid}
         if self.conversation:

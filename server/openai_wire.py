@@ -194,7 +194,7 @@ class Stamp:
         return body
 
 
-def completion(stamp: Stamp, text: str, status: Status, used: dict[str, int]) -> dict[str, Any]:
+def completion(stamp: Stamp, text: str, status: Status, used: dict[str, Any]) -> dict[str, Any]:
     """A whole `chat.completion` object."""
     choice = {
         "index": 0,
@@ -211,17 +211,18 @@ def chunk(stamp: Stamp, delta: dict[str, str], finish: str | None) -> dict[str, 
     return {**stamp.base("chat.completion.chunk"), "choices": [choice]}
 
 
-def usage_chunk(stamp: Stamp, used: dict[str, int]) -> dict[str, Any]:
+def usage_chunk(stamp: Stamp, used: dict[str, Any]) -> dict[str, Any]:
     """The last chunk when `stream_options.include_usage` is set: no choices, the usage."""
     return {**stamp.base("chat.completion.chunk"), "choices": [], "usage": used}
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """OpenAI's usage object."""
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; `cached_tokens`: prompt tokens reused from the KV cache."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 

@@ -86,16 +86,21 @@ async def _collect(
 
 
 async def test_a_reply_streams_from_the_server_with_the_prompt_counted_exactly(
-    remote: TestServer, tokenizer: GGUFTokenizer
+    remote: TestServer, tokenizer: GGUFTokenizer, engine: LlamaEngine
 ) -> None:
-    engine = _remote_engine(_url(remote), tokenizer)
-    parts, done = await _collect(engine)
+    remote_llm = _remote_engine(_url(remote), tokenizer)
+    parts, done = await _collect(remote_llm)
     assert len(parts) > 1 and "".join(parts).strip()  # streamed in pieces
     assert done.reason in ("completed", "length") and not done.error
     served = _metrics(remote)["llamacpp:prompt_tokens_total"]
     assert done.prompt_tokens == tokenizer.count(PROMPT) == served  # local count = engine's
     assert done.completion_tokens == _metrics(remote)["llamacpp:tokens_predicted_total"]
     assert done.ttft_ms > 0
+    _, again = await _collect(remote_llm)
+    assert again.prompt_tokens == done.prompt_tokens
+    if isinstance(engine, LlamaEngine):  # it keeps the last prompt: the server reports reuse
+        assert 0 < again.cached_tokens < again.prompt_tokens
+    assert remote_llm.ready
 
 
 async def test_memchat_chats_through_a_remote_server_with_memory_and_exact_counts(
