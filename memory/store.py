@@ -67,6 +67,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('SET', KEYS[2], ARGV[1])
 return 1
 """
+_MARK_EDITED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('DEL', KEYS[2])
+return 1
+"""
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -237,6 +243,7 @@ class Store:
         self._put_summary = redis.register_script(_PUT_SUMMARY)
         self._unlock = redis.register_script(_UNLOCK)
         self._set_if_conversation = redis.register_script(_SET_IF_CONVERSATION)
+        self._mark_edited = redis.register_script(_MARK_EDITED)
 
     async def check_server(self) -> None:
         """Fail with a fix when the server cannot hold vector sets (Redis < 8), or is a cluster
@@ -461,12 +468,10 @@ class Store:
 
     async def mark_edited(self, user: str, cid: str) -> None:
         """Tell every replica that derived state of the conversation is stale (its epoch goes
-        up) and drop the stored prompt layout, so that the next reply lays it out afresh."""
+        up) and drop the stored prompt layout, so that the next reply lays it out afresh
+        (nothing, for a conversation deleted meanwhile)."""
         keys = Keys(user)
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.hincrby(keys.conversation(cid), "epoch", 1)
-            tx.delete(keys.layout(cid))
-            await tx.execute()
+        await self._mark_edited(keys=[keys.conversation(cid), keys.layout(cid)])
 
     @asynccontextmanager
     async def job_lock(self, user: str, cid: str, job: str, ttl_ms: int) -> AsyncIterator[bool]:

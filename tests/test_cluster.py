@@ -155,3 +155,15 @@ async def test_a_plain_client_on_a_cluster_node_is_refused_with_the_fix(cluster_
     await plain.aclose()
     assert caught.value.code == "redis_is_cluster"
     assert "MEMCHAT_REDIS_CLUSTER=true" in caught.value.message
+
+
+async def test_an_edit_mark_never_brings_back_a_deleted_conversation(
+    cluster: RedisCluster,
+) -> None:
+    store = Store(cluster)
+    cid = (await store.create_conversation("ana")).id
+    await store.mark_edited("ana", cid)
+    assert (await store.get_conversation("ana", cid)).epoch == 1
+    await store.delete_conversation("ana", cid)
+    await store.mark_edited("ana", cid)  # a summary edit racing the delete
+    assert await _keys(cluster, "ana") == []
