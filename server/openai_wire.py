@@ -14,7 +14,7 @@ from models.errors import BadRequest
 from models.paths import DEFAULT_CHAT_FILE
 from models.types import ChatMessage, Role, SamplingParams
 from server.errors import InvalidParameter
-from server.protocol import Status
+from server.protocol import Status, encodable
 from server.settings import Settings
 
 CONVERSATION_HEADER = "X-Memchat-Conversation"
@@ -112,6 +112,8 @@ def _messages(raw: Any, max_chars: int) -> list[ChatMessage]:
                 f"messages[{i}]", "each message needs a role: system, developer, user or assistant"
             )
         text = _content(item.get("content"), i)
+        if not encodable(text):
+            raise _param(f"messages[{i}].content", "content has an unpaired surrogate")
         if len(text) > max_chars:
             raise BadRequest(
                 "message_too_long",

@@ -98,16 +98,24 @@ def _text(data: dict[str, Any], max_chars: int) -> str:
     text: str = _field(data, "text", str, required=True)
     if not text.strip():
         raise BadRequest("empty_message", "'text' must not be empty")
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:  # a lone surrogate escape such as "\\ud800"
-            raise BadRequest("invalid_text", "'text' has an unpaired surrogate") from e
+    if not encodable(text):
+        raise BadRequest("invalid_text", "'text' has an unpaired surrogate")
     if len(text) > max_chars:
         raise BadRequest(
             "message_too_long", f"'text' has {len(text)} characters; the limit is {max_chars}"
         )
     return text
+
+
+def encodable(text: str) -> bool:
+    """False for text that cannot be stored: JSON escapes can carry a lone surrogate ("\\ud800")."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _field(data: dict[str, Any], name: str, kind: type, *, required: bool = False) -> Any:

@@ -170,3 +170,17 @@ async def test_health_says_what_is_not_ready_and_why(client: Client, llm: FakeLL
     assert (body["status"], body["model"], body["redis"]) == ("unavailable", False, True)
     assert set(body["reasons"]) == {"model"}
     assert "loading" in body["reasons"]["model"]
+
+
+async def test_a_lone_surrogate_is_refused_on_both_transports(client: Client, redis: Redis) -> None:
+    body = r'{"messages": [{"role": "user", "content": "bad \ud800"}], "conversation_id": "new"}'
+    resp = await client.post(
+        "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    async with client.ws_connect("/ws") as ws:
+        await ws.send_str(r'{"type": "chat.send", "text": "bad \ud800"}')
+        frame = await ws.receive_json(timeout=30)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "messages[0].content"
+    assert (frame["type"], frame["code"]) == ("error", "invalid_text")
+    assert await redis.keys("*") == []
