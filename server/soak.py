@@ -196,4 +196,9 @@ def _figures(
         "rss_mb_after_warmup": round(after_warmup[0] / MiB, 1),
         "rss_mb_end": round(samples[-1][1] / MiB, 1),
         "rss_mb_max_after_warmup": round(max(after_warmup) / MiB, 1),
+        "rss_mb_every_30s": [round(rss / MiB) for _, rss in samples[:: _every(cfg, 30.0)]],
     }
+
+
+def _every(cfg: SoakConfig, seconds: float) -> int:
+    return max(1, round(seconds / cfg.sample_s))
