@@ -92,7 +92,7 @@ class SlotTable:
         found = common_prefix(best.tokens, job.tokens) if best is not None else 0
         snap_key = self._best_snapshot(key, job.tokens, found)
         target = best if best is not None and (found or key is not None) else None
-        target = target or self._free()
+        target = target or self._free(job.tokens)
         if target is None:
             return None
         if snap_key is not None:
@@ -137,8 +137,9 @@ class SlotTable:
         else:
             slot.clear(self.store)
 
-    def _free(self) -> Slot | None:
-        """An empty slot, else the least recently used idle one, saved first."""
+    def _free(self, tokens: list[int]) -> Slot | None:
+        """An empty slot, else the least recently used idle one: saved first, then cut back to
+        what it shares with `tokens` (a system prompt most often), so that is not evaluated."""
         empty = next((s for s in self.slots if s.run is None and not s.tokens), None)
         if empty is not None:
             return empty
@@ -147,7 +148,9 @@ class SlotTable:
             return None
         if victim.key is not None and victim.parked != len(victim.tokens):
             self.kv.put(victim.key, self.store.save(victim.seq, victim.tokens))
-        victim.clear(self.store)
+        keep = common_prefix(victim.tokens, tokens)
+        self.store.truncate(victim.seq, keep)
+        victim.key, victim.tokens, victim.parked = None, victim.tokens[:keep], -1
         return victim
 
     def _lru(self) -> Slot | None:

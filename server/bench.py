@@ -102,27 +102,32 @@ class Client:
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[tuple[Runtime, Client]]:
     """Run a real memchat server on a loopback port and connect a client to it."""
-    async with serving_many(settings, 1) as (rt, clients):
-        yield rt, clients[0]
+    async with serving_url(settings) as (rt, url), clients(url, 1) as connected:
+        yield rt, connected[0]
 
 
 @asynccontextmanager
-async def serving_many(settings: Settings, n: int) -> AsyncIterator[tuple[Runtime, list[Client]]]:
-    """Run a real memchat server on a loopback port and connect `n` websocket clients."""
+async def serving_url(settings: Settings) -> AsyncIterator[tuple[Runtime, str]]:
+    """Run a real memchat server on a loopback port; yield its websocket URL."""
     app = create_app(settings)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/ws"
-    rt = app[RUNTIME]
-    await _wait_healthy(rt)
     try:
-        async with aiohttp.ClientSession() as http, AsyncExitStack() as stack:
-            sockets = [await stack.enter_async_context(http.ws_connect(url)) for _ in range(n)]
-            yield rt, [Client(ws) for ws in sockets]
+        await _wait_healthy(app[RUNTIME])
+        yield app[RUNTIME], f"http://127.0.0.1:{runner.addresses[0][1]}/ws"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def clients(url: str, n: int) -> AsyncIterator[list[Client]]:
+    """`n` websocket clients; connect them only for as long as they are read from, since an
+    unread socket cannot answer the server's heartbeat pings."""
+    async with aiohttp.ClientSession() as http, AsyncExitStack() as stack:
+        sockets = [await stack.enter_async_context(http.ws_connect(url)) for _ in range(n)]
+        yield [Client(ws) for ws in sockets]
 
 
 async def _wait_healthy(rt: Runtime) -> None:

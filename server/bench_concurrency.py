@@ -52,17 +52,19 @@ async def bench_concurrency(settings: Settings, cfg: BenchConfig) -> dict[str, A
 
 
 async def _levels(settings: Settings, cfg: BenchConfig) -> dict[str, dict[str, float]]:
-    from server.bench import serving_many
+    from server.bench import clients, serving_url
 
     levels = cfg.concurrency_levels
     rounds: dict[int, list[list[Turn]]] = {n: [] for n in levels}
-    async with serving_many(settings, max(levels)) as (rt, clients):
-        await clients[0].send(PROMPTS[0])  # warm-up: first evaluation, embedder, Redis
+    async with serving_url(settings) as (rt, url):
+        async with clients(url, 1) as warm:
+            await warm[0].send(PROMPTS[0])  # warm-up: first evaluation, embedder, Redis
         await _settle(rt)
         for _ in range(cfg.concurrency_rounds):
             for n in levels:
-                sends = [c.send(PROMPTS[i % len(PROMPTS)]) for i, c in enumerate(clients[:n])]
-                rounds[n].append(list(await asyncio.gather(*sends)))
+                async with clients(url, n) as chats:
+                    sends = [c.send(PROMPTS[i % len(PROMPTS)]) for i, c in enumerate(chats)]
+                    rounds[n].append(list(await asyncio.gather(*sends)))
                 await _settle(rt)
     alone = _aggregate(rounds[min(levels)])
     return {str(n): _figures(rounds[n], alone) for n in levels}

@@ -67,6 +67,17 @@ def test_least_recently_used_idle_slot_is_saved_and_reused() -> None:
     assert kv.peek("b") is None
 
 
+def test_a_new_conversation_keeps_the_prefix_it_shares_with_the_evicted_one() -> None:
+    store, kv = FakeSequences(), KVCache(1 << 20)
+    table = SlotTable(1, store, kv)
+    _hold(table, "a", [1, 2, 3, 4], used=1.0)
+    slot = table.place(_job([1, 2, 9], "b"))
+    assert slot is not None and (slot.key, slot.tokens) == ("b", [1, 2])
+    assert store.cells[slot.seq] == [1, 2]
+    saved = kv.peek("a")
+    assert saved is not None and saved.tokens.tolist() == [1, 2, 3, 4], "saved whole first"
+
+
 def test_a_returning_conversation_starts_from_its_saved_state() -> None:
     store, kv = FakeSequences(), KVCache(1 << 20)
     table = SlotTable(1, store, kv)
@@ -237,11 +248,15 @@ async def test_conversations_keep_their_kv_across_turns_and_evictions(
     for key, msgs in convs.items():
         await _run(batched, msgs, short, key=key)
     hits = batched.kv.stats.hits + batched.kv.stats.disk_hits
+    replies = {}
     for key, msgs in convs.items():
         msgs.append(ChatMessage("user", "And then?"))
-        _, done = await _run(batched, msgs, short, key=key)
+        replies[key], done = await _run(batched, msgs, short, key=key)
         assert done.cached_tokens >= batched.tokenizer.count(msgs[:-1], add_generation_prompt=False)
     assert batched.kv.stats.hits + batched.kv.stats.disk_hits - hits >= 2, "evicted ones restored"
+    # A restored state must be the real one: the reply is the one a fresh evaluation gives.
+    fresh, _ = await _run(batched, convs["conv-0"], short)
+    assert replies["conv-0"] == fresh
 
 
 @pytest.mark.integration
