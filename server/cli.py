@@ -41,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from server import allocator
     from server.app import create_app
     from server.auth import startup_notice
 
+    allocator.tune()  # before the engine's and embedder's threads start
     settings = settings_mod.load(args)
     logs.setup(settings.log_level, settings.log_format)
     host = settings.listen_host()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 
 from memory.store import Keys
 from models.errors import BadRequest
+from server import allocator
 from server.app import create_app
 from server.runtime import RUNTIME
 from server.settings import Settings
@@ -184,3 +186,13 @@ async def test_a_lone_surrogate_is_refused_on_both_transports(client: Client, re
     assert (await resp.json())["error"]["param"] == "messages[0].content"
     assert (frame["type"], frame["code"]) == ("error", "invalid_text")
     assert await redis.keys("*") == []
+
+
+def test_the_allocator_is_tuned_unless_the_environment_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [k for k in os.environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    assert allocator.tune()  # glibc: the test machine's libc
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not allocator.tune()
