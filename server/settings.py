@@ -48,7 +48,7 @@ class Settings:
     kv_ram_mb: int = 1024
     recall_note_tokens: int = 64
     kv_disk_mb: int = 4096
-    engine: str = "simple"  # "batched": many replies decoded together; "simple": one at a time
+    engine: str = "batched"  # "batched": many replies decoded together; "simple": one at a time
     parallel: int = 8  # batched engine: conversations decoded together (llama.cpp sequences)
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
     api_keys: tuple[ApiKey, ...] = ()

@@ -44,9 +44,9 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture(scope="session")
 def engine() -> Iterator[LlamaEngine | BatchedEngine]:
-    """The real SmolLM2 engine, loaded once (MEMCHAT_TEST_ENGINE=batched for the batched one)."""
+    """The real SmolLM2 engine, loaded once: the default kind, or MEMCHAT_TEST_ENGINE's."""
     config = EngineConfig(str(default_chat_model()), n_ctx=TEST_CTX, n_threads=2, parallel=4)
-    batched = os.environ.get("MEMCHAT_TEST_ENGINE", "simple") == "batched"
+    batched = os.environ.get("MEMCHAT_TEST_ENGINE", Settings().engine) == "batched"
     llm = BatchedEngine(config) if batched else LlamaEngine(config)
     yield llm
     llm.close()
