@@ -1,8 +1,8 @@
 """`memchat bench --parts concurrency`: many chats at once over the websocket server.
 
 1, 4 and 8 clients each send a message at the same moment; every level runs on the same
-server, prompts and reply length, so ratios compare like with like. The simple engine
-(one reply at a time) is measured the same way for comparison.
+server, prompts and reply length, so ratios compare like with like. With
+`--compare-simple` the simple engine (one reply at a time) is measured the same way.
 """
 
 from __future__ import annotations
@@ -42,13 +42,15 @@ async def bench_concurrency(settings: Settings, cfg: BenchConfig) -> dict[str, A
         base, engine="batched", parallel=max(top, settings.parallel), data_dir=base.data_dir / "b"
     )
     simple = replace(base, engine="simple", data_dir=base.data_dir / "s")
-    return {
+    results: dict[str, Any] = {
         "levels": await _levels(batched, cfg),
-        "simple": await _levels(simple, cfg),
         "parallel": batched.parallel,
         "reply_tokens": cfg.concurrency_tokens,
         "rounds": cfg.concurrency_rounds,
     }
+    if cfg.concurrency_simple:
+        results["simple"] = await _levels(simple, cfg)
+    return results
 
 
 async def _levels(settings: Settings, cfg: BenchConfig) -> dict[str, dict[str, float]]:

@@ -35,6 +35,11 @@ def add_commands(commands: Any) -> None:
     bench.add_argument("--prior-turns", type=int, default=BenchConfig.prior_turns)
     bench.add_argument("--scale-turns", type=int, default=BenchConfig.scale_turns)
     bench.add_argument("--scale-vectors", type=int, default=BenchConfig.scale_vectors)
+    bench.add_argument(
+        "--compare-simple",
+        action="store_true",
+        help="concurrency: also measure the simple engine (replies queue: slow)",
+    )
     settings_mod.add_arguments(bench)
 
 
@@ -53,6 +58,7 @@ def run_command(args: argparse.Namespace) -> int:
         prior_turns=args.prior_turns,
         scale_turns=args.scale_turns,
         scale_vectors=args.scale_vectors,
+        concurrency_simple=args.compare_simple,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     settings = settings_mod.load(args)
