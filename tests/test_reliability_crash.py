@@ -29,7 +29,9 @@ async def _messages(http: aiohttp.ClientSession, url: str) -> list[dict[str, Any
 
 
 async def test_kill_9_mid_reply_keeps_every_acknowledged_message(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", ["--reply-tokens", "24", "--n-ctx", "2048"])
+    # One thread: on a shared, busy machine llama.cpp's threads wait on each other (RELIABILITY.md).
+    args = ["--reply-tokens", "24", "--n-ctx", "2048", "--n-threads", "1"]
+    server = ServerProcess(tmp_path / "data", args)
     server.start()
     try:
         await server.wait_ready()
@@ -63,7 +65,7 @@ async def test_kill_9_mid_reply_keeps_every_acknowledged_message(tmp_path: Path)
         server.stop()
     assert [m["text"] for m in stored if m["role"] == "user"] == acknowledged
     assert [m["role"] for m in stored] == ["user", "assistant", "user", "assistant", "user"]
-    assert all(m["status"] == "completed" for m in stored)
+    assert all(m["status"] in {"completed", "length"} for m in stored)
     assert done["status"] in {"completed", "length"}
     assert [m["seq"] for m in after] == sorted({m["seq"] for m in after})
     assert [m["text"] for m in after[: len(stored)]] == [m["text"] for m in stored]
