@@ -92,7 +92,7 @@ class Sink(Protocol):
 async def reply(rt: Runtime, ask: Ask, sink: Sink, current: Reply) -> Outcome:
     """Store the user's turn, pack memory into the prompt, stream the reply, store it."""
     request_id.set(current.response_id)
-    _check_ready(rt)
+    check_ready(rt)
     _check_fits(rt, ask)
     user, cid = ask.user, ask.conversation_id
     if cid is None:
@@ -142,7 +142,7 @@ async def stateless(
 ) -> Outcome:
     """Send the client's messages straight to the model; nothing is stored."""
     request_id.set(current.response_id)
-    _check_ready(rt)
+    check_ready(rt)
     prompt = rt.llm.tokenizer.count(messages)
     if prompt >= rt.llm.n_ctx:
         raise BadRequest(
@@ -243,9 +243,18 @@ def new_reply(prefix: str = "resp_") -> Reply:
     return Reply(response_id=prefix + uuid.uuid4().hex[:24], cancel=threading.Event())
 
 
-def _check_ready(rt: Runtime) -> None:
-    if not rt.llm.ready:
-        raise Unavailable("model_loading", "the model is still loading; retry in a moment")
+def check_ready(rt: Runtime) -> None:
+    """Refuse a reply while the model cannot take one: still loading, or, for a remote one,
+    its inference server was just found unreachable."""
+    if rt.llm.ready:
+        return
+    if rt.settings.inference_url:
+        raise Unavailable(
+            "inference_unreachable",
+            f"the inference server at {rt.settings.inference_url} could not be reached a moment"
+            " ago; retry shortly, or fix MEMCHAT_INFERENCE_URL",
+        )
+    raise Unavailable("model_loading", "the model is still loading; retry in a moment")
 
 
 def _check_fits(rt: Runtime, ask: Ask) -> None:

@@ -11,10 +11,10 @@ from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
 from memory.manager import ContextRecord
-from models.errors import BadRequest, Busy, MemchatError, Unavailable
+from models.errors import BadRequest, Busy, MemchatError
 from server import edits, protocol
 from server.auth import ACCESS, WS_PROTOCOL, Access, key_of, user_of
-from server.chat import Ask, Outcome, Reply, conversation_ask, new_reply, reply
+from server.chat import Ask, Outcome, Reply, check_ready, conversation_ask, new_reply, reply
 from server.runtime import RUNTIME, Runtime
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,7 @@ class Session:
         rt, user = self.rt, self.user
         if isinstance(frame, protocol.ChatSend):
             return await conversation_ask(rt, user, frame.text, frame.conversation_id)
-        if not rt.llm.ready:  # before anything is dropped
-            raise Unavailable("model_loading", "the model is still loading; retry in a moment")
+        check_ready(rt)  # before anything is dropped
         cid = frame.conversation_id
         if isinstance(frame, protocol.ChatEdit):
             asked = await edits.rewind_for_edit(rt, user, cid, frame.seq, frame.text)

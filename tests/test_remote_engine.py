@@ -223,3 +223,18 @@ async def test_how_a_stream_ends_is_reported(
     assert parts == ["Hel", "lo"]
     assert (done.reason, done.error) == (reason, error)
     assert done.prompt_tokens == FakeTokenizer().count(PROMPT)  # no usage sent: the local count
+
+
+async def test_while_the_server_is_down_new_messages_are_told_so(
+    aiohttp_client: MakeClient, redis_url: str, tmp_path: Path
+) -> None:
+    url = "http://127.0.0.1:9/v1"  # the discard port: nothing listens
+    settings = Settings(redis_url=redis_url, data_dir=tmp_path, n_ctx=TEST_CTX, inference_url=url)
+    front = await aiohttp_client(create_app(settings, embedder=FakeEmbedder()))
+    async with front.ws_connect("/ws") as ws:
+        first = await chat(ws, "Hello?")
+        second = await chat(ws, "Anyone there?", first.conversation_id)
+    await drain(front.app)
+    assert "inference_unreachable" in json.dumps(first.frames)
+    refused = second.one("error")
+    assert refused["code"] == "inference_unreachable" and url in refused["message"]
