@@ -10,18 +10,17 @@ This module is the only place its blocking llama.cpp calls cross into asyncio.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator
 
-from models.errors import Unavailable
 from models.jobs import (
     PREFILL_CHUNK,
     PRIORITY_CHAT,
     EngineConfig,
     Job,
+    Loading,
     common_prefix,
     encode,
     prefill_job,
@@ -50,8 +49,7 @@ class BatchedEngine:
         self._cond = threading.Condition()
         self._pending: list[Job] = []  # guarded by _cond
         self._closing = False
-        self._ready = threading.Event()
-        self._load_error: BaseException | None = None
+        self._loading = Loading()
         self._table: SlotTable | None = None
         self._samplers: dict[int, Sampler] = {}  # by sequence id
         self._last_chat = 0.0  # monotonic time the last chat reply ended
@@ -62,7 +60,7 @@ class BatchedEngine:
     @property
     def ready(self) -> bool:
         """True once the model is loaded and accepting work."""
-        return self._ready.is_set() and self._load_error is None
+        return self._loading.ready
 
     @property
     def queue_depth(self) -> int:
@@ -72,9 +70,7 @@ class BatchedEngine:
 
     async def wait_ready(self) -> None:
         """Wait until the model has loaded; raise if loading failed."""
-        await asyncio.get_running_loop().run_in_executor(None, self._ready.wait)
-        if self._load_error is not None:
-            raise Unavailable("model_failed", f"the model failed to load: {self._load_error}")
+        await self._loading.wait()
 
     async def stream(
         self,
@@ -90,8 +86,7 @@ class BatchedEngine:
         `cache_key` (a conversation id) keeps that conversation's KV state between turns.
         Background jobs stop ("cancelled") as soon as a chat request arrives.
         """
-        if not self.ready:
-            raise Unavailable("model_loading", "the model is still loading; retry in a moment")
+        self._loading.check()
         tokens = encode(self.tokenizer, messages, self.n_ctx)
         job, out = streaming_job(tokens, params, cancel, priority, cache_key)
         self._submit(job)
@@ -100,8 +95,7 @@ class BatchedEngine:
 
     async def prefill(self, messages: list[ChatMessage], *, cache_key: str) -> Finished:
         """Evaluate a prompt prefix into `cache_key`'s staged KV state in the background."""
-        if not self.ready:
-            raise Unavailable("model_loading", "the model is still loading; retry in a moment")
+        self._loading.check()
         tokens = encode(self.tokenizer, messages, self.n_ctx, add_generation_prompt=False)
         job, result = prefill_job(tokens, cache_key, threading.Event())
         self._submit(job)
@@ -123,11 +117,10 @@ class BatchedEngine:
         try:
             ctx = BatchContext(self.config)
         except Exception as e:  # reported through wait_ready / health
-            self._load_error = e
-            self._ready.set()
+            self._loading.finished(e)
             return
         self._table = SlotTable(self.config.parallel, ctx, self.kv)
-        self._ready.set()
+        self._loading.finished()
         try:
             while self._serve_once(ctx):
                 pass

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.errors import BadRequest
+from models.errors import BadRequest, Unavailable
 from models.tokenizer import GGUFTokenizer
 from models.types import CancelToken, ChatMessage, Delta, Finished, SamplingParams
 
@@ -35,6 +36,35 @@ class EngineConfig:
     idle_grace_s: float = 1.0  # quiet time after a reply before background work and parking
     parallel: int = 8  # batched engine: sequences decoded together (one per active conversation)
     prompt_chunk: int = 64  # batched engine: prompt tokens per step while replies stream
+
+
+class Loading:
+    """A model opened on its worker thread: whether it is ready, and why not if it failed."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and accepting work."""
+        return self._done.is_set() and self._error is None
+
+    def finished(self, error: BaseException | None = None) -> None:
+        """Called by the worker once the model is open (or failed to open)."""
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> None:
+        """Wait until loading ends; raise if it failed."""
+        await asyncio.get_running_loop().run_in_executor(None, self._done.wait)
+        if self._error is not None:
+            raise Unavailable("model_failed", f"the model failed to load: {self._error}")
+
+    def check(self) -> None:
+        """Refuse work until the model is ready."""
+        if not self.ready:
+            raise Unavailable("model_loading", "the model is still loading; retry in a moment")
 
 
 @dataclass

@@ -5,7 +5,6 @@ This module is the only place blocking llama.cpp calls cross into asyncio.
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import itertools
 import logging
@@ -17,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import Unavailable
 from models.jobs import (
     PREFILL_CHUNK,
     PRIORITY_BACKGROUND,
     PRIORITY_CHAT,
     EngineConfig,
     Job,
+    Loading,
     common_prefix,
     encode,
     family,
@@ -50,10 +49,9 @@ class LlamaEngine:
         self.tokenizer = GGUFTokenizer(config.model_path)
         self._jobs: queue.PriorityQueue[tuple[int, int, Job | None]] = queue.PriorityQueue()
         self._order = itertools.count()
-        self._ready = threading.Event()
+        self._loading = Loading()
         self._waiting_lock = threading.Lock()
         self._chat_waiting = 0
-        self._load_error: BaseException | None = None
         self.kv = KVCache(
             config.kv_ram_mb << 20, config.kv_dir, config.kv_disk_mb << 20 if config.kv_dir else 0
         )
@@ -67,7 +65,7 @@ class LlamaEngine:
     @property
     def ready(self) -> bool:
         """True once the model is loaded and accepting work."""
-        return self._ready.is_set() and self._load_error is None
+        return self._loading.ready
 
     @property
     def queue_depth(self) -> int:
@@ -76,9 +74,7 @@ class LlamaEngine:
 
     async def wait_ready(self) -> None:
         """Wait until the model has loaded; raise if loading failed."""
-        await asyncio.get_running_loop().run_in_executor(None, self._ready.wait)
-        if self._load_error is not None:
-            raise Unavailable("model_failed", f"the model failed to load: {self._load_error}")
+        await self._loading.wait()
 
     async def stream(
         self,
@@ -94,8 +90,7 @@ class LlamaEngine:
         `cache_key` (a conversation id) lets the engine keep that conversation's KV state
         between turns. Background jobs stop ("cancelled") as soon as a chat request waits.
         """
-        if not self.ready:
-            raise Unavailable("model_loading", "the model is still loading; retry in a moment")
+        self._loading.check()
         tokens = encode(self.tokenizer, messages, self.n_ctx)
         job, out = streaming_job(tokens, params, cancel, priority, cache_key)
         if priority == PRIORITY_CHAT:
@@ -113,8 +108,7 @@ class LlamaEngine:
         The next reply whose prompt starts with these messages re-evaluates only what follows.
         It gives way to chat requests between chunks; what it evaluated so far is kept.
         """
-        if not self.ready:
-            raise Unavailable("model_loading", "the model is still loading; retry in a moment")
+        self._loading.check()
         tokens = encode(self.tokenizer, messages, self.n_ctx, add_generation_prompt=False)
         job, result = prefill_job(tokens, cache_key, threading.Event())
         self._jobs.put((PRIORITY_BACKGROUND, next(self._order), job))
@@ -129,10 +123,9 @@ class LlamaEngine:
         try:
             llm = self._open()
         except Exception as e:  # reported through wait_ready / health
-            self._load_error = e
-            self._ready.set()
+            self._loading.finished(e)
             return
-        self._ready.set()
+        self._loading.finished()
         while (job := self._next_job(llm)) is not None:
             if job.priority == PRIORITY_CHAT:
                 with self._waiting_lock:
