@@ -17,41 +17,18 @@ import random
 import statistics
 import sys
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memory.store import DEFAULT_USER
-from server.app import create_app
-from server.bench import Client, Turn, sentences
+from server.bench import Client, Turn, sentences, serving_url
 from server.redis_process import EmbeddedRedis
-from server.runtime import RUNTIME, Runtime
 from server.settings import Settings
-
-
-@asynccontextmanager
-async def replica(settings: Settings) -> AsyncIterator[tuple[Runtime, str]]:
-    """A memchat on a loopback port, ready; yields its runtime and base URL."""
-    app = create_app(settings)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rt = app[RUNTIME]
-    if rt.embedder_task is not None:
-        await rt.embedder_task
-    while not rt.llm.ready:
-        await asyncio.sleep(0.05)
-    try:
-        yield rt, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 async def steps(urls: dict[str, str], cid: str, turns: int, rng: random.Random) -> None:
@@ -83,13 +60,13 @@ async def main(prior: int, turns: int) -> None:
         try:
             async with AsyncExitStack() as stack:
                 a, url_a = await stack.enter_async_context(
-                    replica(replace(base, data_dir=Path(tmp) / "a"))
+                    serving_url(replace(base, data_dir=Path(tmp) / "a"))
                 )
                 _, url_b = await stack.enter_async_context(
-                    replica(replace(base, data_dir=Path(tmp) / "b"))
+                    serving_url(replace(base, data_dir=Path(tmp) / "b"))
                 )
                 remote = replace(base, data_dir=Path(tmp) / "c", inference_url=url_a + "/v1")
-                _, url_c = await stack.enter_async_context(replica(remote))
+                _, url_c = await stack.enter_async_context(serving_url(remote))
                 cid = (await a.store.create_conversation(DEFAULT_USER)).id
                 rows = [
                     ("user" if i % 2 == 0 else "assistant", text, "completed", None, "", {})

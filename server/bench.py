@@ -109,7 +109,7 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[Runtime, Client]]:
 
 @asynccontextmanager
 async def serving_url(settings: Settings) -> AsyncIterator[tuple[Runtime, str]]:
-    """Run a real memchat server on a loopback port; yield its websocket URL."""
+    """Run a real memchat server on a loopback port, ready; yield its runtime and base URL."""
     app = create_app(settings)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -117,17 +117,17 @@ async def serving_url(settings: Settings) -> AsyncIterator[tuple[Runtime, str]]:
     await site.start()
     try:
         await _wait_healthy(app[RUNTIME])
-        yield app[RUNTIME], f"http://127.0.0.1:{runner.addresses[0][1]}/ws"
+        yield app[RUNTIME], f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 
 
 @asynccontextmanager
 async def clients(url: str, n: int) -> AsyncIterator[list[Client]]:
-    """`n` websocket clients; connect them only for as long as they are read from, since an
-    unread socket cannot answer the server's heartbeat pings."""
+    """`n` websocket clients of the server at `url`; connect them only for as long as they are
+    read from, since an unread socket cannot answer the server's heartbeat pings."""
     async with aiohttp.ClientSession() as http, AsyncExitStack() as stack:
-        sockets = [await stack.enter_async_context(http.ws_connect(url)) for _ in range(n)]
+        sockets = [await stack.enter_async_context(http.ws_connect(url + "/ws")) for _ in range(n)]
         yield [Client(ws) for ws in sockets]
 
 
