@@ -31,14 +31,6 @@ class Candidates:
     def __len__(self) -> int:
         return int(self.seq.size)
 
-    @classmethod
-    def of(cls, rows: Iterable[tuple[int, int, str]]) -> Candidates:
-        """Columns from (seq, day, speaker) rows."""
-        table = CandidateTable()
-        for seq, day, speaker in rows:
-            table.append(seq, day, speaker)
-        return table.upto(None)
-
     def spoken_by(self, name: str) -> npt.NDArray[np.bool_]:
         """Which candidates `name` said."""
         code = list(self.names).index(name) if name in self.names else -2

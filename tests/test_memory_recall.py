@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import pytest
@@ -26,6 +27,14 @@ DOCS = [
     "Alice: We went hiking in the mountains near Denver",
     "Bob: The weather has been rainy all month",
 ]
+
+
+def _candidates(rows: Iterable[tuple[int, int, str]]) -> Candidates:
+    """Candidate columns from (seq, day, speaker) rows."""
+    table = CandidateTable()
+    for seq, day, speaker in rows:
+        table.append(seq, day, speaker)
+    return table.upto(None)
 
 
 def test_terms_drop_stopwords_and_stem() -> None:
@@ -94,7 +103,7 @@ def _vector_scores(query: str) -> dict[int, float]:
 
 
 def test_fusion_ranks_the_turn_both_signals_agree_on_first() -> None:
-    cands = Candidates.of((seq, seq, "") for seq in range(1, 5))  # separate days: no spreading
+    cands = _candidates((seq, seq, "") for seq in range(1, 5))  # separate days: no spreading
     query = "Alice adopted a puppy"
     index = LexicalIndex()
     for doc in DOCS:
@@ -105,13 +114,13 @@ def test_fusion_ranks_the_turn_both_signals_agree_on_first() -> None:
 
 
 def test_lexical_signal_alone_still_ranks_when_there_are_no_vectors() -> None:
-    cands = Candidates.of((seq, seq, "") for seq in range(1, 5))
+    cands = _candidates((seq, seq, "") for seq in range(1, 5))
     ranked = fuse(cands, aligned(cands, {}, None), aligned(cands, {3: 2.0}, 0.0))
     assert ranked.seq[0] == 3
 
 
 def test_speaker_bonus_breaks_a_tie_towards_the_named_speaker() -> None:
-    cands = Candidates.of([(1, 1, "Alice"), (2, 2, "Bob")])
+    cands = _candidates([(1, 1, "Alice"), (2, 2, "Bob")])
     weights = RecallWeights(neighbour_drop=10.0, day=0.0)
     tie, none = np.array([0.5, 0.5]), np.zeros(2)
     assert fuse(cands, tie, none, "Bob", weights).seq[0] == 2
@@ -120,7 +129,7 @@ def test_speaker_bonus_breaks_a_tie_towards_the_named_speaker() -> None:
 
 
 def test_a_turn_inherits_its_same_day_neighbours_score_but_not_across_days() -> None:
-    same_day = Candidates.of([(1, 7, ""), (2, 7, ""), (3, 8, ""), (4, 9, "")])
+    same_day = _candidates([(1, 7, ""), (2, 7, ""), (3, 8, ""), (4, 9, "")])
     weights = RecallWeights(lexical=1.0, day=0.0, neighbour_drop=0.5)
     lexical = aligned(same_day, {1: 9.0}, 0.0)
     ranked = dict(fuse(same_day, np.zeros(4), lexical, None, weights).top(4))
@@ -144,7 +153,7 @@ def test_day_strength_agrees_with_a_direct_mean_on_unsorted_days() -> None:
 
 
 def test_aligned_scores_skip_seqs_that_are_not_candidates() -> None:
-    cands = Candidates.of([(2, 1, ""), (5, 1, ""), (9, 2, "")])
+    cands = _candidates([(2, 1, ""), (5, 1, ""), (9, 2, "")])
     assert aligned(cands, {5: 0.7, 6: 0.9, 11: 1.0}, None).tolist() == [0.7, 0.7, 0.7]
     assert aligned(cands, {9: 0.5, 2: 0.1}, None).tolist() == [0.1, 0.1, 0.5]
     assert aligned(cands, {}, 0.0).tolist() == [0.0, 0.0, 0.0]
