@@ -18,6 +18,7 @@ from typing import Protocol
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from memory.manager import ContextRecord
+from memory.packing import Budget
 from memory.store import Message
 from models.errors import BadRequest, MemchatError, Unavailable
 from models.types import ChatMessage, Delta, Finished, SamplingParams
@@ -93,7 +94,7 @@ async def reply(rt: Runtime, ask: Ask, sink: Sink, current: Reply) -> Outcome:
     """Store the user's turn, pack memory into the prompt, stream the reply, store it."""
     request_id.set(current.response_id)
     check_ready(rt)
-    _check_fits(rt, ask)
+    budget = _budget(rt, ask)
     user, cid = ask.user, ask.conversation_id
     if cid is None:
         cid = (await rt.store.create_conversation(user)).id
@@ -102,7 +103,6 @@ async def reply(rt: Runtime, ask: Ask, sink: Sink, current: Reply) -> Outcome:
         await rt.store.get_conversation(user, cid)
     asked = ask.asked or await rt.memory.record(user, cid, "user", ask.text)
     await _try(sink.started(cid), current)
-    budget = rt.memory.budget(rt.llm.n_ctx, ask.params.max_tokens, ask.system_prompt, ask.text)
     built = await rt.memory.build_turn(
         user, cid, ask.text, budget.history, ask.system_prompt, before=asked.seq
     )
@@ -257,15 +257,17 @@ def check_ready(rt: Runtime) -> None:
     raise Unavailable("model_loading", "the model is still loading; retry in a moment")
 
 
-def _check_fits(rt: Runtime, ask: Ask) -> None:
-    """Refuse, before anything is stored, a message the model's context cannot hold."""
-    fixed = rt.memory.budget(rt.llm.n_ctx, ask.params.max_tokens, ask.system_prompt, ask.text)
-    if fixed.fixed_tokens >= rt.llm.n_ctx:
+def _budget(rt: Runtime, ask: Ask) -> Budget:
+    """The reply's token budget; refuse, before anything is stored, a message the model's
+    context cannot hold."""
+    budget = rt.memory.budget(rt.llm.n_ctx, ask.params.max_tokens, ask.system_prompt, ask.text)
+    if budget.fixed_tokens >= rt.llm.n_ctx:
         raise BadRequest(
             "context_length_exceeded",
-            f"the message and system prompt take {fixed.fixed_tokens} tokens; the model's "
+            f"the message and system prompt take {budget.fixed_tokens} tokens; the model's "
             f"context holds {rt.llm.n_ctx}. Shorten the message.",
         )
+    return budget
 
 
 def _status(done: Finished, current: Reply) -> Status:
