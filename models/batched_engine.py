@@ -210,7 +210,9 @@ class BatchedEngine:
     def _step(self, ctx: BatchContext) -> None:
         """One llama_decode: a token for every streaming reply, then chunks of prompts."""
         runs = self._runs()
-        streaming = [(s, r) for s, r in runs if r.next_token >= 0]
+        # In sequence order: llama.cpp splits a batch into one ubatch per run of consecutive
+        # sequence ids, and every ubatch reads all the weights again (measured in BENCHMARKS.md).
+        streaming = sorted(((s, r) for s, r in runs if r.next_token >= 0), key=lambda p: p[0].seq)
         for slot, run in streaming:
             run.output = ctx.add(run.next_token, len(slot.tokens), slot.seq, True)
             slot.tokens.append(run.next_token)

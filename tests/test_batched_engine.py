@@ -13,6 +13,7 @@ from models.batched_engine import BatchedEngine
 from models.errors import BadRequest
 from models.jobs import PRIORITY_BACKGROUND, STAGED, EngineConfig, Job
 from models.kv_cache import KVCache, KVSnapshot
+from models.llama_batch import BatchContext
 from models.paths import default_chat_model
 from models.slots import SlotTable
 from models.types import ChatMessage, Delta, Finished, SamplingParams
@@ -305,3 +306,43 @@ async def test_a_prompt_longer_than_the_window_is_refused(batched: BatchedEngine
     with pytest.raises(BadRequest) as err:
         await _run(batched, huge)
     assert err.value.code == "context_overflow"
+
+
+@pytest.mark.integration
+async def test_each_step_adds_the_replies_in_sequence_order(
+    batched: BatchedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama.cpp reads the weights once per run of consecutive sequence ids in a batch, so a
+    step whose replies arrive out of sequence order would cost several passes."""
+    await batched.wait_ready()
+    short = SamplingParams(max_tokens=4, temperature=0.0)
+    keys = ["order-a", "order-b"]
+    for key in keys:
+        await _run(batched, _messages(f"Say {key}."), short, key=key)
+    assert batched._table is not None
+    seq = {s.key: s.seq for s in batched._table.slots if s.key in keys}
+    assert len(set(seq.values())) == 2, "each conversation holds its own sequence"
+    steps: list[list[int]] = [[]]
+    add, decode = BatchContext.add, BatchContext.decode
+
+    def spy_add(ctx: BatchContext, token: int, pos: int, s: int, output: bool) -> int:
+        steps[-1].append(s)
+        return add(ctx, token, pos, s, output)
+
+    def spy_decode(ctx: BatchContext) -> None:
+        steps.append([])
+        decode(ctx)
+
+    monkeypatch.setattr(BatchContext, "add", spy_add)
+    monkeypatch.setattr(BatchContext, "decode", spy_decode)
+    later_seq_first = sorted(keys, key=lambda k: -seq[k])  # submitted in descending order
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    await asyncio.gather(
+        *(
+            _run(batched, _messages(f"Say {k} again, slowly."), params, key=k)
+            for k in later_seq_first
+        )
+    )
+    both = [s for s in steps if set(s) == set(seq.values()) and len(s) == 2]
+    assert len(both) >= 5, f"the two replies must have streamed together: {steps}"
+    assert all(s == sorted(s) for s in both)
