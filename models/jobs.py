@@ -36,6 +36,14 @@ class EngineConfig:
     idle_grace_s: float = 1.0  # quiet time after a reply before background work and parking
     parallel: int = 8  # batched engine: sequences decoded together (one per active conversation)
     prompt_chunk: int = 64  # batched engine: prompt tokens per step while replies stream
+    weights: str = "auto"  # models/weights.py: "keep", "auto" or a format to convert into
+    weights_dir: Path | None = None  # where converted weights are cached (None: user cache)
+
+    def weights_path(self) -> str:
+        """The file to load: model_path, or its converted copy (made on first use)."""
+        from models.weights import prepare
+
+        return prepare(self.model_path, self.weights, self.weights_dir)
 
 
 class Loading:

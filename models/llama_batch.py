@@ -66,11 +66,10 @@ class BatchContext:
         import llama_cpp as ll
 
         ll.llama_backend_init()
-        self.model = ll.llama_model_load_from_file(
-            config.model_path.encode(), ll.llama_model_default_params()
-        )
+        path = config.weights_path()
+        self.model = ll.llama_model_load_from_file(path.encode(), ll.llama_model_default_params())
         if not self.model:
-            raise RuntimeError(f"llama.cpp could not load {config.model_path}")
+            raise RuntimeError(f"llama.cpp could not load {path}")
         params = ll.llama_context_default_params()
         params.n_seq_max = config.parallel
         params.n_ctx = config.n_ctx * config.parallel

@@ -205,7 +205,7 @@ class LlamaEngine:
         from llama_cpp import Llama
 
         return Llama(
-            model_path=self.config.model_path,
+            model_path=self.config.weights_path(),
             n_ctx=self.config.n_ctx,
             n_batch=self.config.n_batch,
             n_threads=threads(self.config.n_threads),

@@ -42,7 +42,7 @@ def requantize(source: str, target: Path, ftype: int) -> None:
 
 def step_times(path: str, steps: int) -> tuple[float, float]:
     """Median ms of a decode step of one sequence and of eight."""
-    ctx = BatchContext(EngineConfig(path, n_ctx=512, parallel=SEQUENCES))
+    ctx = BatchContext(EngineConfig(path, n_ctx=512, parallel=SEQUENCES, weights="keep"))
     try:
         for seq in range(SEQUENCES):
             for pos, token in enumerate(PROMPT):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -121,6 +122,8 @@ def _open_llm(settings: Settings) -> ChatModel:
         kv_disk_mb=settings.kv_disk_mb,
         kv_dir=settings.data_dir / "kv",
         parallel=settings.parallel,
+        weights=settings.weights,
+        weights_dir=Path(settings.weights_dir) if settings.weights_dir else None,
     )
     if settings.engine == "batched":
         from models.batched_engine import BatchedEngine

@@ -226,9 +226,13 @@ class RawLlama:
 
         from models.llama_engine import threads
         from models.paths import default_chat_model, resolve
+        from models.weights import prepare
 
-        self._llm = Llama(
-            model_path=resolve(settings.model, default_chat_model()),
+        weights_dir = Path(settings.weights_dir) if settings.weights_dir else None
+        self._llm = Llama(  # the weights the server loads, converted as it converts them
+            model_path=prepare(
+                resolve(settings.model, default_chat_model()), settings.weights, weights_dir
+            ),
             n_ctx=settings.n_ctx,
             n_threads=threads(settings.n_threads),
             n_threads_batch=threads(settings.n_threads),

