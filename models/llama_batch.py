@@ -6,6 +6,7 @@ Only the batched engine's worker thread calls into these objects.
 from __future__ import annotations
 
 import ctypes
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -19,36 +20,51 @@ _PIECE_BYTES = 256
 
 
 class Sampler:
-    """One sequence's sampler chain, built from a request's SamplingParams."""
+    """One sequence's sampling, built from a request's SamplingParams.
+
+    The repeat penalty is applied here, to the few recently generated tokens' logits in
+    place: llama.cpp's penalty sampler looks every vocabulary entry up in a hash map (0.2 ms
+    a token for SmolLM2's 49,152, which is 2 ms of every eight-reply step). The rest is
+    llama.cpp's chain, in the order llama-cpp-python's Llama.generate builds it; a greedy
+    reply takes the largest logit directly.
+    """
 
     def __init__(self, params: SamplingParams, n_vocab: int) -> None:
         import llama_cpp as ll
 
-        self._chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        # The same chain, in the same order, as llama-cpp-python's Llama.generate builds.
-        penalties = ll.llama_sampler_init_penalties(
-            n_vocab, PENALTY_LAST_N, params.repeat_penalty, 0, 0
-        )
-        parts = [penalties]
+        self._n_vocab = n_vocab
+        self._penalty = params.repeat_penalty
+        self._recent: deque[int] = deque(maxlen=PENALTY_LAST_N)
+        self._chain: Any = None
         if params.temperature <= 0:
-            parts.append(ll.llama_sampler_init_greedy())
-        else:
-            seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
-            parts += [
-                ll.llama_sampler_init_top_k(params.top_k),
-                ll.llama_sampler_init_top_p(params.top_p, 1),
-                ll.llama_sampler_init_min_p(params.min_p, 1),
-                ll.llama_sampler_init_temp(params.temperature),
-                ll.llama_sampler_init_dist(seed),
-            ]
-        for part in parts:
+            return
+        self._chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+        for part in (
+            ll.llama_sampler_init_top_k(params.top_k),
+            ll.llama_sampler_init_top_p(params.top_p, 1),
+            ll.llama_sampler_init_min_p(params.min_p, 1),
+            ll.llama_sampler_init_temp(params.temperature),
+            ll.llama_sampler_init_dist(seed),
+        ):
             ll.llama_sampler_chain_add(self._chain, part)
 
     def sample(self, ctx: Any, index: int) -> int:
-        """Sample from the logits of batch output `index`; the chain records the token."""
+        """Sample from the logits of batch output `index`, and remember the token."""
         import llama_cpp as ll
 
-        return int(ll.llama_sampler_sample(self._chain, ctx, index))
+        logits = ll.llama_get_logits_ith(ctx, index)
+        if self._penalty != 1.0:
+            for token in set(self._recent):  # as llama.cpp's penalty: shrink towards zero
+                value = logits[token]
+                logits[token] = value * self._penalty if value <= 0 else value / self._penalty
+        if self._chain is None:
+            row = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+            token = int(row.argmax())
+        else:
+            token = int(ll.llama_sampler_sample(self._chain, ctx, index))
+        self._recent.append(token)
+        return token
 
     def close(self) -> None:
         """Free the chain (and the samplers it owns)."""
