@@ -52,6 +52,7 @@ class BatchedEngine:
         self._loading = Loading()
         self._table: SlotTable | None = None
         self._samplers: dict[int, Sampler] = {}  # by sequence id
+        self._outbox: list[tuple[Job, Delta | Finished]] = []  # sent as the next decode starts
         self._last_chat = 0.0  # monotonic time the last chat reply ended
         self._last_busy = 0.0  # monotonic time the last job of any kind ended
         self._thread = threading.Thread(target=self._run, name="llama-batch", daemon=True)
@@ -125,6 +126,7 @@ class BatchedEngine:
             while self._serve_once(ctx):
                 pass
         finally:
+            self._send()
             for sampler in self._samplers.values():
                 sampler.close()
             ctx.close()
@@ -136,6 +138,7 @@ class BatchedEngine:
         if self._runs():
             self._step(ctx)
             return True
+        self._send()
         return self._idle()
 
     def _runs(self) -> list[tuple[Slot, Run]]:
@@ -160,6 +163,8 @@ class BatchedEngine:
         """Give waiting jobs a sequence: chat in arrival order, background only when quiet."""
         assert self._table is not None
         with self._cond:
+            if not self._pending:
+                return
             waiting = sorted(self._pending, key=lambda j: (j.priority, j.submitted))
         for job in waiting:
             if not job.chat and not self._background_may_start():
@@ -194,6 +199,8 @@ class BatchedEngine:
         with self._cond:
             if self._closing and not self._pending:
                 return False
+            if any(job.chat for job in self._pending):
+                return True  # it came after _admit looked: admit it now, without waiting
             grace = self.config.idle_grace_s
             wake = self._last_chat + grace if self._pending else self._last_busy + grace
             timeout = max(0.0, wake - time.monotonic())
@@ -210,17 +217,17 @@ class BatchedEngine:
     def _step(self, ctx: BatchContext) -> None:
         """One llama_decode: a token for every streaming reply, then chunks of prompts."""
         runs = self._runs()
-        # In sequence order: llama.cpp splits a batch into one ubatch per run of consecutive
-        # sequence ids, and every ubatch reads all the weights again (measured in BENCHMARKS.md).
-        streaming = sorted(((s, r) for s, r in runs if r.next_token >= 0), key=lambda p: p[0].seq)
-        for slot, run in streaming:
-            run.output = ctx.add(run.next_token, len(slot.tokens), slot.seq, True)
-            slot.tokens.append(run.next_token)
-            run.next_token = -1
-        room = self.config.prompt_chunk if streaming else ctx.n_batch
-        for slot, run in runs:
-            if run.todo and room > 0:
-                room -= self._feed(ctx, slot, run, room)
+        chunks = self._prompt_chunks(ctx, runs)
+        # In sequence order: llama.cpp splits a batch at every break in consecutive sequence
+        # ids and reads all the weights once per piece (BENCHMARKS.md).
+        for slot, run in sorted(runs, key=lambda pair: pair[0].seq):
+            if run.next_token >= 0:
+                run.output = ctx.add(run.next_token, len(slot.tokens), slot.seq, True)
+                slot.tokens.append(run.next_token)
+                run.next_token = -1
+            elif chunks.get(slot.seq):
+                self._feed(ctx, slot, run, chunks[slot.seq])
+        self._send()  # the last step's text goes out while this step decodes
         try:
             ctx.decode()
         except RuntimeError as e:
@@ -232,10 +239,21 @@ class BatchedEngine:
         for slot, run in runs:
             self._after_step(ctx, slot, run)
 
-    def _feed(self, ctx: BatchContext, slot: Slot, run: Run, room: int) -> int:
-        """Add up to `room` of the run's prompt tokens to the batch; return how many."""
-        limit = room if run.job.chat else min(room, PREFILL_CHUNK)
-        n = min(len(run.todo), limit, ctx.n_batch - ctx.size)
+    def _prompt_chunks(self, ctx: BatchContext, runs: list[tuple[Slot, Run]]) -> dict[int, int]:
+        """Prompt tokens each run reads this step, by sequence: oldest request first, within
+        the step's room (a chunk while replies stream, so that they keep streaming)."""
+        streaming = sum(1 for _, run in runs if run.next_token >= 0)
+        room = min(self.config.prompt_chunk if streaming else ctx.n_batch, ctx.n_batch - streaming)
+        chunks: dict[int, int] = {}
+        for slot, run in runs:
+            if run.todo and room > 0:
+                limit = room if run.job.chat else min(room, PREFILL_CHUNK)
+                chunks[slot.seq] = n = min(len(run.todo), limit)
+                room -= n
+        return chunks
+
+    def _feed(self, ctx: BatchContext, slot: Slot, run: Run, n: int) -> None:
+        """Add the next `n` of the run's prompt tokens to the batch."""
         chunk, run.todo = run.todo[:n], run.todo[n:]
         for i, token in enumerate(chunk):
             last = not run.todo and i == n - 1 and not run.job.prefill_only
@@ -243,7 +261,6 @@ class BatchedEngine:
             slot.tokens.append(token)
             if last:
                 run.output = index
-        return n
 
     def _after_step(self, ctx: BatchContext, slot: Slot, run: Run) -> None:
         """Sample the run's next token if it has logits; finish it if it is done."""
@@ -264,7 +281,7 @@ class BatchedEngine:
         run.first = run.first or run.last
         text = run.decoder.decode(ctx.piece(token))
         if text:
-            run.job.emit(Delta(text))
+            self._outbox.append((run.job, Delta(text)))
         run.next_token = token
         if run.completion >= run.budget:
             self._finish(slot, run, "length")
@@ -281,8 +298,14 @@ class BatchedEngine:
         job = run.job
         tail = run.decoder.decode(b"", final=True)
         if tail:
-            job.emit(Delta(tail))
-        job.emit(_finished(run, reason, error))
+            self._outbox.append((job, Delta(tail)))
+        self._outbox.append((job, _finished(run, reason, error)))
+
+    def _send(self) -> None:
+        """Hand the held text and results to their event loops."""
+        outbox, self._outbox = self._outbox, []
+        for job, item in outbox:
+            job.emit(item)
 
 
 def _finished(run: Run, reason: FinishReason, error: str) -> Finished:

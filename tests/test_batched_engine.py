@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -346,3 +347,22 @@ async def test_each_step_adds_the_replies_in_sequence_order(
     both = [s for s in steps if set(s) == set(seq.values()) and len(s) == 2]
     assert len(both) >= 5, f"the two replies must have streamed together: {steps}"
     assert all(s == sorted(s) for s in both)
+
+
+@pytest.mark.integration
+async def test_a_reply_asked_for_as_the_last_one_ends_does_not_wait_for_idle_work() -> None:
+    """The idle grace (here 30 s) holds back background work, never a chat request that
+    arrives while the worker is between finishing one reply and going idle."""
+    config = EngineConfig(
+        str(default_chat_model()), n_ctx=TEST_CTX, n_threads=2, parallel=2, idle_grace_s=30.0
+    )
+    engine = BatchedEngine(config)
+    try:
+        await engine.wait_ready()
+        short = SamplingParams(max_tokens=4, temperature=0.0)
+        for i in range(4):
+            started = time.perf_counter()
+            await _run(engine, _messages(f"Say {i}."), short)
+            assert time.perf_counter() - started < 15, f"reply {i} waited for the idle grace"
+    finally:
+        engine.close()
