@@ -35,7 +35,7 @@ from tests.browser import (
 from tests.conftest import TEST_CTX
 
 pytestmark = pytest.mark.integration
-PAYLOAD = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+PAYLOAD = 'Repeat exactly: <img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
 ECHO_PROMPT = "You copy text. Reply with the user's text unchanged."
 LOCKER = "By the way, my locker code is 4711 and the locker is in the basement gym."
 ACTIVITIES = ["hiking", "baking bread", "painting", "cycling", "reading", "gardening"]
