@@ -1,90 +1,163 @@
-"""Raw llama.cpp decode steps: one sequence against eight, for the packaged model and the same
-model requantized to Q8_0 and Q4_0 (how well each quantization batches on this CPU).
+"""Raw llama.cpp decode steps, no server: how well each weight format batches on this CPU, how
+faithful each conversion of the packaged model is, and what batch order costs.
 
-    .venv/bin/python scripts/bench_decode_steps.py [--steps 12] [--keep DIR]
+    .venv/bin/python scripts/bench_decode_steps.py [--formats q8_0,bf16,q5_0,q4_0] [--steps 12]
+        [--keep DIR] [--order]
 
-With --keep, the requantized GGUFs stay in DIR, for `memchat bench --model DIR/Q8_0.gguf`.
-
-Prints, per model, the median time of a decode step of one and of eight sequences and the
-batching gain (8 x one step / eight-sequence step). No server is involved.
+For the packaged model (as it is) and each format it is converted into (models/weights.py),
+prints the prompt rate, the median time of a decode step of 1, 2, 4 and 8 sequences, the
+batching gain (8 x one step / eight-sequence step), and the next-token distributions' mean KL
+divergence and top-token agreement against the packaged model over LoCoMo conversation text.
+With --order, times an eight-sequence step with the sequences added in four orders.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.jobs import EngineConfig
 from models.llama_batch import BatchContext
 from models.paths import default_chat_model
+from models.tokenizer import GGUFTokenizer
+from models.weights import prepare
 
-PROMPT = list(range(100, 140))  # 40 tokens per sequence
 SEQUENCES = 8
+CONTEXT = 150  # prompt tokens per sequence before the timed steps
+WIDTHS = (1, 2, 4, 8)
+ORDERS = (
+    tuple(range(8)),
+    (2, 3, 4, 5, 6, 7, 0, 1),
+    (0, 2, 4, 6, 1, 3, 5, 7),
+    tuple(range(7, -1, -1)),
+)
+LOCOMO = Path(__file__).resolve().parent.parent.parent / "shared/data/locomo-dev/26.json"
 
 
-def requantize(source: str, target: Path, ftype: int) -> None:
-    """Write `source` requantized to `ftype` (llama.cpp's own quantizer)."""
-    import llama_cpp as ll
+def _context(path: str) -> BatchContext:
+    """Eight sequences holding CONTEXT tokens each."""
+    ctx = BatchContext(EngineConfig(path, n_ctx=1024, parallel=SEQUENCES, weights="keep"))
+    for seq in range(SEQUENCES):
+        for pos in range(CONTEXT):
+            ctx.add(100 + (pos * 7 + seq) % 5000, pos, seq, pos == CONTEXT - 1)
+        ctx.decode()
+    return ctx
 
-    params = ll.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.allow_requantize = True
-    if ll.llama_model_quantize(source.encode(), str(target).encode(), ctypes.byref(params)):
-        raise SystemExit(f"could not requantize {source}")
+
+def _step_ms(ctx: BatchContext, order: tuple[int, ...], steps: int) -> float:
+    """Median ms of a step adding one token to each sequence of `order`, in that order."""
+    times = []
+    for step in range(steps):
+        for seq in order:
+            ctx.add(300 + step, CONTEXT, seq, True)
+        started = time.perf_counter()
+        ctx.decode()
+        times.append((time.perf_counter() - started) * 1000)
+        for seq in order:
+            ctx.truncate(seq, CONTEXT)
+    return statistics.median(times)
 
 
-def step_times(path: str, steps: int) -> tuple[float, float]:
-    """Median ms of a decode step of one sequence and of eight."""
-    ctx = BatchContext(EngineConfig(path, n_ctx=512, parallel=SEQUENCES, weights="keep"))
+def speed(path: str, steps: int) -> dict[str, float]:
+    """Prompt tokens/s and the step time at each width."""
+    ctx = BatchContext(EngineConfig(path, n_ctx=1024, parallel=SEQUENCES, weights="keep"))
     try:
-        for seq in range(SEQUENCES):
-            for pos, token in enumerate(PROMPT):
-                ctx.add(token, pos, seq, pos == len(PROMPT) - 1)
-            ctx.decode()
-        times: dict[int, list[float]] = {1: [], SEQUENCES: []}
-        pos = len(PROMPT)
-        for step in range(steps):
-            for n, taken in times.items():
-                for seq in range(n):
-                    ctx.add(200 + step, pos, seq, True)
-                started = time.perf_counter()
-                ctx.decode()
-                taken.append((time.perf_counter() - started) * 1000)
-                for seq in range(n):
-                    ctx.truncate(seq, pos)
-        return statistics.median(times[1]), statistics.median(times[SEQUENCES])
+        started = time.perf_counter()
+        for pos in range(CONTEXT):
+            ctx.add(100 + pos, pos, 0, pos == CONTEXT - 1)
+        ctx.decode()
+        prompt_rate = CONTEXT / (time.perf_counter() - started)
     finally:
         ctx.close()
+    ctx = _context(path)
+    try:
+        widths = {n: _step_ms(ctx, tuple(range(n)), steps) for n in WIDTHS}
+    finally:
+        ctx.close()
+    return {"prompt": prompt_rate} | {str(n): ms for n, ms in widths.items()}
+
+
+def log_probs(path: str, tokens: list[int]) -> np.ndarray:
+    """Next-token log-probabilities after each token, teacher-forced in one batch."""
+    import llama_cpp as ll
+
+    ctx = BatchContext(EngineConfig(path, n_ctx=1024, parallel=1, weights="keep"))
+    try:
+        for pos, token in enumerate(tokens):
+            ctx.add(token, pos, 0, True)
+        ctx.decode()
+        logits = ctypes.cast(ll.llama_get_logits(ctx.ctx), ctypes.POINTER(ctypes.c_float))
+        rows = np.ctypeslib.as_array(logits, shape=(len(tokens), ctx.n_vocab)).astype(np.float64)
+    finally:
+        ctx.close()
+    rows -= rows.max(axis=1, keepdims=True)
+    result: np.ndarray = rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
+    return result
+
+
+def sample_texts(tokenizer: GGUFTokenizer) -> list[list[int]]:
+    """Up to 500 tokens from each of the first six sessions of LoCoMo conversation 26."""
+    conversation = json.loads(LOCOMO.read_text())
+    sessions = [k for k in conversation if k.startswith("session_") and "date" not in k]
+    texts = []
+    for key in sessions[:6]:
+        lines = [f"{turn['speaker']}: {turn['text']}" for turn in conversation[key][:12]]
+        texts.append(tokenizer.encode("\n".join(lines))[:500])
+    return texts
+
+
+def fidelity(source: str, path: str, texts: list[list[int]]) -> tuple[float, float]:
+    """Mean KL(source || path) of next-token distributions, and top-token agreement."""
+    kls, agree = [], []
+    for tokens in texts:
+        ref, got = log_probs(source, tokens), log_probs(path, tokens)
+        kls.append((np.exp(ref) * (ref - got)).sum(axis=1))
+        agree.append(ref.argmax(axis=1) == got.argmax(axis=1))
+    return float(np.concatenate(kls).mean()), float(np.concatenate(agree).mean())
 
 
 def main() -> None:
-    """Requantize into a temporary folder, time the steps, print a table."""
-    import llama_cpp as ll
-
+    """Convert into a folder, time and compare, print tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--formats", default="q8_0,bf16,q5_0,q4_0")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--keep", type=Path, default=None, help="keep the requantized files here")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the converted files here")
+    parser.add_argument("--order", action="store_true", help="also time batch orders")
     args = parser.parse_args()
     source = str(default_chat_model())
+    texts = sample_texts(GGUFTokenizer(source)) if LOCOMO.exists() else []
     with tempfile.TemporaryDirectory() as scratch:
-        tmp = args.keep or Path(scratch)
-        tmp.mkdir(parents=True, exist_ok=True)
-        models = {"packaged (Q4_1)": source}
-        formats = (("Q8_0", ll.LLAMA_FTYPE_MOSTLY_Q8_0), ("Q4_0", ll.LLAMA_FTYPE_MOSTLY_Q4_0))
-        for name, ftype in formats:
-            models[name] = str(tmp / f"{name}.gguf")
-            requantize(source, Path(models[name]), ftype)
-        print(f"{'model':<16} {'1 seq ms':>9} {'8 seq ms':>9} {'gain':>6}")
+        folder = args.keep or Path(scratch)
+        models = {"packaged": source}
+        for name in filter(None, args.formats.split(",")):
+            models[name] = prepare(source, name, folder)
+        header = f"{'weights':<9} {'prompt t/s':>10} " + " ".join(f"{n:>3}-seq ms" for n in WIDTHS)
+        print(header + f" {'gain':>5} {'mean KL':>8} {'top-1':>6}")
         for name, path in models.items():
-            one, eight = step_times(path, args.steps)
-            print(f"{name:<16} {one:9.1f} {eight:9.1f} {SEQUENCES * one / eight:6.2f}", flush=True)
+            fig = speed(path, args.steps)
+            kl, agree = fidelity(source, path, texts) if texts else (float("nan"),) * 2
+            widths = " ".join(f"{fig[str(n)]:9.1f}" for n in WIDTHS)
+            gain = SEQUENCES * fig["1"] / fig[str(SEQUENCES)]
+            print(f"{name:<9} {fig['prompt']:10.0f} {widths} {gain:5.2f} {kl:8.4f} {agree:6.3f}")
+        if args.order:
+            paths = list(models.values())
+            ctx = _context(paths[1] if len(paths) > 1 else paths[0])  # the first conversion
+            try:
+                for order in ORDERS:
+                    ms = _step_ms(ctx, order, args.steps)
+                    print(f"order {' '.join(map(str, order))}: {ms:.1f} ms a step")
+            finally:
+                ctx.close()
 
 
 if __name__ == "__main__":
