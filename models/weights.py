@@ -16,6 +16,9 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 log = logging.getLogger(__name__)
 
 # llama.cpp's llama_ftype values: the formats a model can be converted into.
@@ -104,3 +107,25 @@ def _convert(source: str, target: Path, ftype: int) -> None:
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def log_probs(path: str, tokens: list[int]) -> npt.NDArray[np.float64]:
+    """Next-token log-probabilities after each of `tokens`, read in one batch (teacher-forced):
+    what a conversion is compared on (tests/test_weights.py, scripts/bench_decode_steps.py)."""
+    import llama_cpp as ll
+
+    from models.jobs import EngineConfig
+    from models.llama_batch import BatchContext
+
+    ctx = BatchContext(EngineConfig(path, n_ctx=max(512, len(tokens)), parallel=1, weights="keep"))
+    try:
+        for pos, token in enumerate(tokens):
+            ctx.add(token, pos, 0, True)
+        ctx.decode()
+        logits = ctypes.cast(ll.llama_get_logits(ctx.ctx), ctypes.POINTER(ctypes.c_float))
+        rows = np.ctypeslib.as_array(logits, shape=(len(tokens), ctx.n_vocab)).astype(np.float64)
+    finally:
+        ctx.close()
+    rows -= rows.max(axis=1, keepdims=True)
+    result: npt.NDArray[np.float64] = rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
+    return result

@@ -14,7 +14,6 @@ With --order, times an eight-sequence step with the sequences added in four orde
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import statistics
 import sys
@@ -30,7 +29,7 @@ from models.jobs import EngineConfig
 from models.llama_batch import BatchContext
 from models.paths import default_chat_model
 from models.tokenizer import GGUFTokenizer
-from models.weights import prepare
+from models.weights import log_probs, prepare
 
 SEQUENCES = 8
 CONTEXT = 150  # prompt tokens per sequence before the timed steps
@@ -85,24 +84,6 @@ def speed(path: str, steps: int) -> dict[str, float]:
     finally:
         ctx.close()
     return {"prompt": prompt_rate} | {str(n): ms for n, ms in widths.items()}
-
-
-def log_probs(path: str, tokens: list[int]) -> np.ndarray:
-    """Next-token log-probabilities after each token, teacher-forced in one batch."""
-    import llama_cpp as ll
-
-    ctx = BatchContext(EngineConfig(path, n_ctx=1024, parallel=1, weights="keep"))
-    try:
-        for pos, token in enumerate(tokens):
-            ctx.add(token, pos, 0, True)
-        ctx.decode()
-        logits = ctypes.cast(ll.llama_get_logits(ctx.ctx), ctypes.POINTER(ctypes.c_float))
-        rows = np.ctypeslib.as_array(logits, shape=(len(tokens), ctx.n_vocab)).astype(np.float64)
-    finally:
-        ctx.close()
-    rows -= rows.max(axis=1, keepdims=True)
-    result: np.ndarray = rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
-    return result
 
 
 def sample_texts(tokenizer: GGUFTokenizer) -> list[list[int]]:

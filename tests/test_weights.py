@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models.jobs import EngineConfig
-from models.llama_batch import BatchContext
 from models.paths import default_chat_model
 from models.tokenizer import GGUFTokenizer
-from models.weights import FORMATS, file_type, prepare
+from models.weights import FORMATS, file_type, log_probs, prepare
 
 Q4_1 = 3
 SOURCE = str(default_chat_model())
@@ -68,31 +65,12 @@ def test_auto_falls_back_to_the_original_when_it_cannot_write(
         prepare(SOURCE, "q8_0", blocker / "weights")  # asked for explicitly: an error
 
 
-def _log_probs(path: str, tokens: list[int]) -> np.ndarray:
-    """Next-token log-probabilities after every token of `tokens`, teacher-forced."""
-    import llama_cpp as ll
-
-    ctx = BatchContext(EngineConfig(path, n_ctx=512, parallel=1, weights="keep"))
-    try:
-        for pos, token in enumerate(tokens):
-            ctx.add(token, pos, 0, True)
-        ctx.decode()
-        logits = ll.llama_get_logits(ctx.ctx)
-        rows = np.ctypeslib.as_array(
-            ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)), shape=(len(tokens), ctx.n_vocab)
-        ).astype(np.float64)
-    finally:
-        ctx.close()
-    rows -= rows.max(axis=1, keepdims=True)
-    return rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
-
-
 def test_the_converted_model_predicts_as_the_original_does(converted: str) -> None:
     """Mean KL divergence of next-token distributions: 0.005 measured for Q8_0; a lossy
     conversion (Q4_0: 0.28, Q5_0: 0.07) fails this."""
     tokens = GGUFTokenizer(SOURCE).encode(TEXT)
     assert 150 < len(tokens) < 512
-    original, copy = _log_probs(SOURCE, tokens), _log_probs(converted, tokens)
+    original, copy = log_probs(SOURCE, tokens), log_probs(converted, tokens)
     kl = (np.exp(original) * (original - copy)).sum(axis=1)
     assert kl.mean() < 0.02, f"mean KL {kl.mean():.4f}"
     agree = (original.argmax(axis=1) == copy.argmax(axis=1)).mean()
