@@ -165,6 +165,7 @@ class Found:
         """JSON-ready form for the API."""
         return {**self.conversation.as_dict(), "snippet": self.snippet, "seq": self.seq}
 
+
 @dataclass(frozen=True)
 class Hit:
     """A stored message similar to a query vector."""
@@ -396,9 +397,7 @@ class Store:
         args: list[bytes | str] = []
         for seq, vec in zip(seqs, vectors, strict=True):
             args += [_blob(vec), str(seq)]
-        added = await self._add_vectors(
-            keys=[keys.conversation(cid), keys.vectors(cid)], args=args
-        )
+        added = await self._add_vectors(keys=[keys.conversation(cid), keys.vectors(cid)], args=args)
         return bool(added)
 
     async def similar(
