@@ -75,3 +75,34 @@ def test_the_converted_model_predicts_as_the_original_does(converted: str) -> No
     assert kl.mean() < 0.02, f"mean KL {kl.mean():.4f}"
     agree = (original.argmax(axis=1) == copy.argmax(axis=1)).mean()
     assert agree > 0.9, f"top-1 agreement {agree:.3f}"
+
+
+def test_a_file_that_is_not_a_model_is_named_in_the_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.gguf"
+    bogus.write_text("not a model")
+    with pytest.raises(RuntimeError, match=r"could not read .*notes\.gguf"):
+        prepare(str(bogus), "auto", tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["batched", "simple"])
+async def test_a_conversion_that_fails_is_reported_as_the_models_load_error(
+    tmp_path: Path, kind: str
+) -> None:
+    """An explicitly asked-for format that cannot be written: the engine does not start, and
+    /health and every request say why (`model_failed` with the reason)."""
+    from models.batched_engine import BatchedEngine
+    from models.errors import Unavailable
+    from models.jobs import EngineConfig
+    from models.llama_engine import LlamaEngine
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = EngineConfig(SOURCE, n_ctx=512, weights="bf16", weights_dir=blocker / "weights")
+    llm = BatchedEngine(config) if kind == "batched" else LlamaEngine(config)
+    try:
+        with pytest.raises(Unavailable) as err:
+            await llm.wait_ready()
+        assert err.value.code == "model_failed"
+        assert "a-file" in str(err.value)
+    finally:
+        llm.close()
