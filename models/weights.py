@@ -27,6 +27,10 @@ CHOICES = ("auto", "keep", *FORMATS)
 AUTO_TARGET = "q8_0"
 # File types whose CPU kernels batch sequences poorly: "auto" converts them.
 SLOW_TO_BATCH = {3: "Q4_1", 9: "Q5_1"}
+# ...when the file is small. A big model's decode step is bound by reading its weights from
+# memory, where a Q8_0 copy (nearly twice the bytes) would be slower, and it would take GBs of
+# disk. Only the packaged 135M model was measured: the limit is a judgment, not a measurement.
+AUTO_MAX_BYTES = 512 << 20
 
 
 def default_dir() -> Path:
@@ -55,8 +59,8 @@ def file_type(path: str) -> int:
 def prepare(path: str, choice: str = "auto", cache_dir: Path | None = None) -> str:
     """The path of the weights to load for `choice`: the file itself, or a converted copy.
 
-    "keep" loads the file as it is; "auto" converts only formats that batch poorly; a format
-    name ("q8_0", "bf16", ...) converts into it unless the file already is in it.
+    "keep" loads the file as it is; "auto" converts only small models in formats that batch
+    poorly; a format name ("q8_0", "bf16", ...) converts into it unless the file already is.
     """
     if choice not in CHOICES:
         raise ValueError(f"weights must be one of {', '.join(CHOICES)}, not {choice!r}")
@@ -65,7 +69,7 @@ def prepare(path: str, choice: str = "auto", cache_dir: Path | None = None) -> s
     current = file_type(path)
     auto = choice == "auto"
     if auto:
-        if current not in SLOW_TO_BATCH:
+        if current not in SLOW_TO_BATCH or Path(path).stat().st_size > AUTO_MAX_BYTES:
             return path
         choice = AUTO_TARGET
     if current == FORMATS[choice]:

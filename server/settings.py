@@ -81,7 +81,8 @@ _HELP = {
     "host": "address to listen on",
     "port": "port to listen on",
     "model": "path of a GGUF chat model",
-    "weights": "auto (convert Q4_1/Q5_1 models once into Q8_0, which batches faster on CPU), "
+    "weights": "auto (convert Q4_1/Q5_1 models up to 512 MiB once into Q8_0, which batches "
+    "faster on CPU), "
     "keep, or a format to convert into: q8_0, bf16, f16, q4_0, q5_0",
     "weights_dir": "folder for converted weights (default: ~/.cache/memchat/weights)",
     "embedder": "folder of a sentence-transformers model",

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models import weights
 from models.paths import default_chat_model
 from models.tokenizer import GGUFTokenizer
 from models.weights import FORMATS, file_type, log_probs, prepare
@@ -41,6 +42,13 @@ def test_a_converted_copy_is_reused_and_a_fast_format_is_kept(converted: str) ->
     assert prepare(converted, "auto", Path(converted).parent) == converted, "already Q8_0"
     assert prepare(converted, "q8_0", Path(converted).parent) == converted
     assert not list(Path(converted).parent.glob("*.part")), "no partial files left"
+
+
+def test_auto_keeps_a_big_model_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big model is bound by memory bandwidth on CPU: a Q8_0 copy would be slower."""
+    monkeypatch.setattr(weights, "AUTO_MAX_BYTES", Path(SOURCE).stat().st_size - 1)
+    assert prepare(SOURCE, "auto", tmp_path) == SOURCE
+    assert prepare(SOURCE, "q8_0", tmp_path) != SOURCE, "asked for explicitly: converted"
 
 
 def test_keep_loads_the_file_as_it_is(tmp_path: Path) -> None:
