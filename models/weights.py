@@ -74,12 +74,11 @@ def prepare(path: str, choice: str = "auto", cache_dir: Path | None = None) -> s
         choice = AUTO_TARGET
     if current == FORMATS[choice]:
         return path
-    target = _cached_name(Path(path), choice, cache_dir or default_dir())
-    if target.exists():
-        return str(target)
     try:
-        _convert(path, target, FORMATS[choice])
-    except (OSError, RuntimeError) as e:
+        target = _cached_name(Path(path), choice, cache_dir or default_dir())
+        if not target.exists():
+            _convert(path, target, FORMATS[choice])
+    except (OSError, RuntimeError, KeyError) as e:  # KeyError: no home folder to cache in
         if not auto:
             raise
         log.warning("could not convert %s (%s); loading it as it is", path, e)
