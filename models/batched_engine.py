@@ -10,6 +10,7 @@ This module is the only place its blocking llama.cpp calls cross into asyncio.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -53,6 +54,7 @@ class BatchedEngine:
         self._table: SlotTable | None = None
         self._samplers: dict[int, Sampler] = {}  # by sequence id
         self._outbox: list[tuple[Job, Delta | Finished]] = []  # sent as the next decode starts
+        self._max_gap = config.max_gap  # idle sequences worth padding to join two runs
         self._last_chat = 0.0  # monotonic time the last chat reply ended
         self._last_busy = 0.0  # monotonic time the last job of any kind ended
         self._thread = threading.Thread(target=self._run, name="llama-batch", daemon=True)
@@ -121,6 +123,8 @@ class BatchedEngine:
             self._loading.finished(e)
             return
         self._table = SlotTable(self.config.parallel, ctx, self.kv)
+        if self._max_gap < 0:
+            self._max_gap = _max_gap(ctx)
         self._loading.finished()
         try:
             while self._serve_once(ctx):
@@ -218,9 +222,17 @@ class BatchedEngine:
         """One llama_decode: a token for every streaming reply, then chunks of prompts."""
         runs = self._runs()
         chunks = self._prompt_chunks(ctx, runs)
+        by_seq = {slot.seq: (slot, run) for slot, run in runs}
+        adding = sorted(s for s, (_, r) in by_seq.items() if r.next_token >= 0 or chunks.get(s))
+        pads = self._padding(ctx, adding)
         # In sequence order: llama.cpp splits a batch at every break in consecutive sequence
         # ids and reads all the weights once per piece (BENCHMARKS.md).
-        for slot, run in sorted(runs, key=lambda pair: pair[0].seq):
+        for seq in sorted(by_seq.keys() | pads.keys()):
+            if seq in pads:
+                pad = pads[seq]
+                ctx.add(pad.tokens[-1] if pad.tokens else 0, len(pad.tokens), seq, False)
+                continue
+            slot, run = by_seq[seq]
             if run.next_token >= 0:
                 run.output = ctx.add(run.next_token, len(slot.tokens), slot.seq, True)
                 slot.tokens.append(run.next_token)
@@ -236,8 +248,23 @@ class BatchedEngine:
                 slot.clear(ctx)
                 self._finish(slot, run, "error", str(e))
             return
+        finally:
+            for pad in pads.values():
+                ctx.truncate(pad.seq, len(pad.tokens))  # the throwaway token goes again
         for slot, run in runs:
             self._after_step(ctx, slot, run)
+
+    def _padding(self, ctx: BatchContext, seqs: list[int]) -> dict[int, Slot]:
+        """Sequences between those with tokens this step that get a throwaway token, so that
+        llama.cpp reads the weights once for all of them: a gap of up to `max_gap` sequences,
+        where padding costs less than another pass (measured at load)."""
+        assert self._table is not None
+        pads: dict[int, Slot] = {}
+        for before, after in itertools.pairwise(seqs):
+            gap = self._table.slots[before + 1 : after]
+            if 0 < len(gap) <= self._max_gap and all(len(s.tokens) < ctx.n_ctx_seq for s in gap):
+                pads.update((s.seq, s) for s in gap)
+        return pads
 
     def _prompt_chunks(self, ctx: BatchContext, runs: list[tuple[Slot, Run]]) -> dict[int, int]:
         """Prompt tokens each run reads this step, by sequence: oldest request first, within
@@ -306,6 +333,22 @@ class BatchedEngine:
         outbox, self._outbox = self._outbox, []
         for job, item in outbox:
             job.emit(item)
+
+
+def _max_gap(ctx: BatchContext) -> int:
+    """How many idle sequences padding may fill between two runs of replies: as long as their
+    tokens cost less than the pass over the weights a second run would cost."""
+    if ctx.parallel < 2:
+        return 0
+    pass_ms, token_ms = ctx.step_costs()
+    gap = int(pass_ms // token_ms) if token_ms > 0 else ctx.parallel
+    log.info(
+        "decode step: %.1f ms a pass, %.1f ms a token; padding gaps of up to %d",
+        pass_ms,
+        token_ms,
+        gap,
+    )
+    return gap
 
 
 def _finished(run: Run, reason: FinishReason, error: str) -> Finished:

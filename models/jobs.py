@@ -36,6 +36,7 @@ class EngineConfig:
     idle_grace_s: float = 1.0  # quiet time after a reply before background work and parking
     parallel: int = 8  # batched engine: sequences decoded together (one per active conversation)
     prompt_chunk: int = 64  # batched engine: prompt tokens per step while replies stream
+    max_gap: int = -1  # batched engine: idle sequences padded between replies (-1: measured)
     weights: str = "auto"  # models/weights.py: "keep", "auto" or a format to convert into
     weights_dir: Path | None = None  # where converted weights are cached (None: user cache)
 

@@ -6,6 +6,8 @@ Only the batched engine's worker thread calls into these objects.
 from __future__ import annotations
 
 import ctypes
+import statistics
+import time
 from collections import deque
 from typing import Any
 
@@ -105,6 +107,24 @@ class BatchContext:
         self._memory = ll.llama_get_memory(self.ctx)
         self._batch = ll.llama_batch_init(config.n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(_PIECE_BYTES)
+        self.parallel = config.parallel
+
+    def step_costs(self, repeats: int = 3) -> tuple[float, float]:
+        """Measure a decode step as (ms a pass over the weights, ms a token): one-token steps
+        of one sequence and of every sequence, on empty sequences, which are emptied again."""
+        times: dict[int, list[float]] = {1: [], self.parallel: []}
+        for _ in range(repeats):
+            for width, taken in times.items():
+                for seq in range(width):
+                    self.add(0, 0, seq, True)
+                started = time.perf_counter()
+                self.decode()
+                taken.append((time.perf_counter() - started) * 1000)
+                for seq in range(width):
+                    self.truncate(seq, 0)
+        one, every = (statistics.median(times[w]) for w in times)
+        per_token = max(every - one, 0.0) / max(self.parallel - 1, 1)
+        return max(one - per_token, 0.0), per_token
 
     @property
     def size(self) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -364,5 +365,55 @@ async def test_a_reply_asked_for_as_the_last_one_ends_does_not_wait_for_idle_wor
             started = time.perf_counter()
             await _run(engine, _messages(f"Say {i}."), short)
             assert time.perf_counter() - started < 15, f"reply {i} waited for the idle grace"
+    finally:
+        engine.close()
+
+
+@pytest.mark.integration
+async def test_an_idle_sequence_between_replies_is_padded_and_left_intact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replies in sequences 0 and 2 with 1 idle: one throwaway token in 1 joins them into one
+    pass over the weights; it changes neither their replies nor what sequence 1 holds."""
+    config = EngineConfig(str(default_chat_model()), n_ctx=TEST_CTX, n_threads=2, parallel=3)
+    engine = BatchedEngine(replace(config, max_gap=1))
+    short = SamplingParams(max_tokens=4, temperature=0.0)
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    convs = {k: [*_messages(f"My name is {k}.")] for k in ("pad-a", "pad-b", "pad-c")}
+    try:
+        await engine.wait_ready()
+        for key, msgs in convs.items():
+            await _run(engine, msgs, short, key=key)
+        assert engine._table is not None
+        seq = {s.key: s.seq for s in engine._table.slots}
+        assert [seq["pad-a"], seq["pad-b"], seq["pad-c"]] == [0, 1, 2]
+        turn = {k: [*m, ChatMessage("user", "Tell me a short story.")] for k, m in convs.items()}
+        alone = {k: (await _run(engine, turn[k], params, key=k))[0] for k in turn}
+        assert {s.key: s.seq for s in engine._table.slots} == seq, "each kept its sequence"
+
+        steps: list[list[tuple[int, bool]]] = [[]]
+        add, decode = BatchContext.add, BatchContext.decode
+
+        def spy_add(ctx: BatchContext, token: int, pos: int, s: int, output: bool) -> int:
+            steps[-1].append((s, output))
+            return add(ctx, token, pos, s, output)
+
+        def spy_decode(ctx: BatchContext) -> None:
+            steps.append([])
+            decode(ctx)
+
+        monkeypatch.setattr(BatchContext, "add", spy_add)
+        monkeypatch.setattr(BatchContext, "decode", spy_decode)
+        together = await asyncio.gather(
+            *(_run(engine, turn[k], params, key=k) for k in ("pad-a", "pad-c"))
+        )
+        monkeypatch.undo()
+        both = [s for s in steps if (0, True) in s and (2, True) in s]
+        assert len(both) >= 5, f"the two replies must have streamed together: {steps}"
+        assert all((1, False) in s and len(s) == 3 for s in both), "sequence 1 padded"
+        assert [text for text, _ in together] == [alone["pad-a"], alone["pad-c"]]
+        text, done = await _run(engine, turn["pad-b"], params, key="pad-b")
+        assert done.cached_tokens >= engine.tokenizer.count(convs["pad-b"]) - 1
+        assert text == alone["pad-b"], "sequence 1's KV state is what it was"
     finally:
         engine.close()
