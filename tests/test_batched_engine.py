@@ -310,6 +310,24 @@ async def test_a_prompt_longer_than_the_window_is_refused(batched: BatchedEngine
     assert err.value.code == "context_overflow"
 
 
+def _record_steps(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[int, bool]]]:
+    """From now on, the (sequence, wants logits) of every token of every decoded batch."""
+    steps: list[list[tuple[int, bool]]] = [[]]
+    add, decode = BatchContext.add, BatchContext.decode
+
+    def spy_add(ctx: BatchContext, token: int, pos: int, seq: int, output: bool) -> int:
+        steps[-1].append((seq, output))
+        return add(ctx, token, pos, seq, output)
+
+    def spy_decode(ctx: BatchContext) -> None:
+        steps.append([])
+        decode(ctx)
+
+    monkeypatch.setattr(BatchContext, "add", spy_add)
+    monkeypatch.setattr(BatchContext, "decode", spy_decode)
+    return steps
+
+
 @pytest.mark.integration
 async def test_each_step_adds_the_replies_in_sequence_order(
     batched: BatchedEngine, monkeypatch: pytest.MonkeyPatch
@@ -324,19 +342,7 @@ async def test_each_step_adds_the_replies_in_sequence_order(
     assert batched._table is not None
     seq = {s.key: s.seq for s in batched._table.slots if s.key in keys}
     assert len(set(seq.values())) == 2, "each conversation holds its own sequence"
-    steps: list[list[int]] = [[]]
-    add, decode = BatchContext.add, BatchContext.decode
-
-    def spy_add(ctx: BatchContext, token: int, pos: int, s: int, output: bool) -> int:
-        steps[-1].append(s)
-        return add(ctx, token, pos, s, output)
-
-    def spy_decode(ctx: BatchContext) -> None:
-        steps.append([])
-        decode(ctx)
-
-    monkeypatch.setattr(BatchContext, "add", spy_add)
-    monkeypatch.setattr(BatchContext, "decode", spy_decode)
+    recorded = _record_steps(monkeypatch)
     later_seq_first = sorted(keys, key=lambda k: -seq[k])  # submitted in descending order
     params = SamplingParams(max_tokens=12, temperature=0.0)
     await asyncio.gather(
@@ -345,6 +351,7 @@ async def test_each_step_adds_the_replies_in_sequence_order(
             for k in later_seq_first
         )
     )
+    steps = [[s for s, _ in step] for step in recorded]
     both = [s for s in steps if set(s) == set(seq.values()) and len(s) == 2]
     assert len(both) >= 5, f"the two replies must have streamed together: {steps}"
     assert all(s == sorted(s) for s in both)
@@ -391,19 +398,7 @@ async def test_an_idle_sequence_between_replies_is_padded_and_left_intact(
         alone = {k: (await _run(engine, turn[k], params, key=k))[0] for k in turn}
         assert {s.key: s.seq for s in engine._table.slots} == seq, "each kept its sequence"
 
-        steps: list[list[tuple[int, bool]]] = [[]]
-        add, decode = BatchContext.add, BatchContext.decode
-
-        def spy_add(ctx: BatchContext, token: int, pos: int, s: int, output: bool) -> int:
-            steps[-1].append((s, output))
-            return add(ctx, token, pos, s, output)
-
-        def spy_decode(ctx: BatchContext) -> None:
-            steps.append([])
-            decode(ctx)
-
-        monkeypatch.setattr(BatchContext, "add", spy_add)
-        monkeypatch.setattr(BatchContext, "decode", spy_decode)
+        steps = _record_steps(monkeypatch)
         together = await asyncio.gather(
             *(_run(engine, turn[k], params, key=k) for k in ("pad-a", "pad-c"))
         )
