@@ -22,6 +22,7 @@ from models.jobs import (
     EngineConfig,
     Job,
     Loading,
+    ReplyText,
     common_prefix,
     encode,
     prefill_job,
@@ -191,7 +192,7 @@ class BatchedEngine:
         ctx.truncate(slot.seq, cached)
         del slot.tokens[cached:]
         budget = min(job.params.max_tokens, self.n_ctx - len(job.tokens))
-        slot.run = Run(job, cached, job.tokens[cached:], budget)
+        slot.run = Run(job, cached, job.tokens[cached:], budget, text=ReplyText(job.params.stop))
         if not job.prefill_only:
             self._samplers[slot.seq] = Sampler(job.params, ctx.n_vocab)
         if budget <= 0 and not job.prefill_only:
@@ -306,9 +307,12 @@ class BatchedEngine:
         run.completion += 1
         run.last = time.perf_counter()
         run.first = run.first or run.last
-        text = run.decoder.decode(ctx.piece(token))
+        text = run.text.add(ctx.piece(token))
         if text:
             self._outbox.append((run.job, Delta(text)))
+        if run.text.stopped:
+            self._finish(slot, run, "completed")
+            return
         run.next_token = token
         if run.completion >= run.budget:
             self._finish(slot, run, "length")
@@ -323,7 +327,7 @@ class BatchedEngine:
         if run.job.chat:
             self._last_chat = slot.used
         job = run.job
-        tail = run.decoder.decode(b"", final=True)
+        tail = run.text.end()
         if tail:
             self._outbox.append((job, Delta(tail)))
         self._outbox.append((job, _finished(run, reason, error)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import os
 import threading
 import time
@@ -175,3 +176,42 @@ def common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+class ReplyText:
+    """A reply's bytes as text: UTF-8 decoded as tokens arrive, and cut before the first of its
+    stop strings; text that may be the start of one is held back until it is clear."""
+
+    def __init__(self, stops: tuple[str, ...] = ()) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = tuple(s for s in stops if s)
+        self._held = ""
+        self.stopped = False  # a stop string was reached: the reply is over
+
+    def add(self, piece: bytes) -> str:
+        """The text that can be shown once one more token's bytes are known."""
+        if self.stopped:
+            return ""
+        text = self._held + self._decoder.decode(piece)
+        found = [i for i in (text.find(s) for s in self._stops) if i >= 0]
+        if found:
+            self.stopped, self._held = True, ""
+            return text[: min(found)]
+        keep = max((_started(text, s) for s in self._stops), default=0)
+        self._held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def end(self) -> str:
+        """What is left to show when the reply ends for another reason."""
+        if self.stopped:
+            return ""
+        rest, self._held = self._held + self._decoder.decode(b"", final=True), ""
+        return rest
+
+
+def _started(text: str, stop: str) -> int:
+    """The length of the longest end of `text` that `stop` begins with (not all of `stop`)."""
+    for n in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0

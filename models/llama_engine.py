@@ -5,7 +5,6 @@ This module is the only place blocking llama.cpp calls cross into asyncio.
 
 from __future__ import annotations
 
-import codecs
 import itertools
 import logging
 import queue
@@ -23,6 +22,7 @@ from models.jobs import (
     EngineConfig,
     Job,
     Loading,
+    ReplyText,
     common_prefix,
     encode,
     family,
@@ -226,7 +226,7 @@ def _generate(llm: Any, job: Job, n_ctx: int, preempted: Callable[[], bool]) -> 
         # Background work yields to a waiting chat request even while reading its prompt.
         return Finished("cancelled", len(job.tokens), 0, cached, 0.0, 0.0)
     budget = min(params.max_tokens, n_ctx - len(job.tokens))
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    reply = ReplyText(params.stop)
     completion = 0
     first = last = 0.0
     reason = "length"
@@ -252,12 +252,15 @@ def _generate(llm: Any, job: Job, n_ctx: int, preempted: Callable[[], bool]) -> 
             completion += 1
             last = time.perf_counter()
             first = first or last
-            text = decoder.decode(llm.detokenize([token]))
+            text = reply.add(llm.detokenize([token]))
             if text:
                 job.emit(Delta(text))
+            if reply.stopped:
+                reason = "completed"
+                break
     finally:
         tokens.close()
-    tail = decoder.decode(b"", final=True)
+    tail = reply.end()
     if tail:
         job.emit(Delta(tail))
     return Finished(

@@ -7,12 +7,11 @@ of its slot, its saved snapshot, and its staged next prefix, as the simple engin
 
 from __future__ import annotations
 
-import codecs
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from models.jobs import Job, common_prefix, family
+from models.jobs import Job, ReplyText, common_prefix, family
 from models.kv_cache import KVCache, KVSnapshot
 
 
@@ -46,9 +45,7 @@ class Run:
     first: float = 0.0
     last: float = 0.0
     started: float = field(default_factory=time.perf_counter)
-    decoder: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
-    )
+    text: ReplyText = field(default_factory=ReplyText)
 
 
 @dataclass

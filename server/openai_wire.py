@@ -27,6 +27,8 @@ _ROLES: dict[str, Role] = {
     "user": "user",
     "assistant": "assistant",
 }
+MAX_STOPS = 4  # as OpenAI's API
+MAX_STOP_CHARS = 256
 _FINISH = {"completed": "stop", "length": "length", "cancelled": "stop", "interrupted": "stop"}
 
 
@@ -78,6 +80,7 @@ def parse(body: dict[str, Any], header: str | None, settings: Settings) -> Compl
         temperature=settings.temperature if temperature is None else temperature,
         top_p=SamplingParams.top_p if top_p is None else top_p,
         seed=_number(body, "seed", int),
+        stop=_stop(body.get("stop")),
     )
     stream = _flag(body, "stream")
     options = body.get("stream_options") or {}
@@ -90,6 +93,26 @@ def parse(body: dict[str, Any], header: str | None, settings: Settings) -> Compl
         include_usage=stream and _flag(options, "include_usage"),
         conversation=_conversation(body.get(CONVERSATION_FIELD), header),
     )
+
+
+def _stop(raw: Any) -> tuple[str, ...]:
+    """OpenAI's `stop`: a string or a list of up to four, each non-empty."""
+    stops = [raw] if isinstance(raw, str) else raw
+    if raw is None:
+        return ()
+    if (
+        not isinstance(stops, list)
+        or not 1 <= len(stops) <= MAX_STOPS
+        or not all(
+            isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS and encodable(s) for s in stops
+        )
+    ):
+        raise _param(
+            "stop",
+            f"'stop' must be a string or a list of 1 to {MAX_STOPS} strings, "
+            f"each 1 to {MAX_STOP_CHARS} characters",
+        )
+    return tuple(stops)
 
 
 def _reject_unsupported(body: dict[str, Any]) -> None:

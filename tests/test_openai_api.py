@@ -191,6 +191,10 @@ async def test_errors_come_back_as_openai_errors(
     with pytest.raises(openai.BadRequestError) as two:
         await ai.chat.completions.create(model="m", messages=user, n=2)
     assert two.value.param == "n"
+    for stop in (5, ["a", "b", "c", "d", "e"], [""], ["ok", 3]):
+        with pytest.raises(openai.BadRequestError) as bad_stop:
+            await ai.chat.completions.create(model="m", messages=user, stop=stop)  # type: ignore[arg-type]
+        assert (bad_stop.value.code, bad_stop.value.param) == ("invalid_parameter", "stop")
     async with openai.AsyncOpenAI(
         base_url=str(server.make_url("/v1")), api_key="wrong", max_retries=0
     ) as stranger:

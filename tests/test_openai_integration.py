@@ -88,3 +88,35 @@ async def test_a_conversation_remembers_across_requests(ai: openai.AsyncOpenAI) 
     assert second.usage is not None
     # The packed prompt holds the first exchange, so it is longer than the new message alone.
     assert second.usage.prompt_tokens > first.usage.prompt_tokens + 5  # type: ignore[union-attr]
+
+
+async def test_a_stop_string_ends_the_reply_before_it(ai: openai.AsyncOpenAI) -> None:
+    wire = [{"role": "user", "content": "List the days of the week, one per line."}]
+    full = await ai.chat.completions.create(
+        model="smollm2",
+        messages=wire,  # type: ignore[arg-type]
+        max_tokens=40,
+        temperature=0,
+    )
+    text = full.choices[0].message.content or ""
+    assert len(text) > 12, text
+    stop = text[8:12]
+    cut = await ai.chat.completions.create(
+        model="smollm2",
+        messages=wire,  # type: ignore[arg-type]
+        max_tokens=40,
+        temperature=0,
+        stop=[stop, "never appears"],
+    )
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    stream = await ai.chat.completions.create(
+        model="smollm2",
+        messages=wire,  # type: ignore[arg-type]
+        max_tokens=40,
+        temperature=0,
+        stop=stop,
+        stream=True,
+    )
+    pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    assert "".join(pieces) == text[: text.index(stop)]
