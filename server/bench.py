@@ -52,7 +52,7 @@ class BenchConfig:
     seed: int = 7
     concurrency_levels: tuple[int, ...] = (1, 4, 8)
     concurrency_tokens: int = 96
-    concurrency_rounds: int = 2
+    concurrency_rounds: int = 4
     concurrency_simple: bool = False  # also measure the simple engine (slow: replies queue)
 
 
