@@ -109,12 +109,14 @@ class BatchContext:
         self._piece = ctypes.create_string_buffer(_PIECE_BYTES)
         self.parallel = config.parallel
 
-    def step_costs(self, repeats: int = 3) -> tuple[float, float]:
+    def step_costs(self, repeats: int = 4) -> tuple[float, float]:
         """Measure a decode step as (ms a pass over the weights, ms a token): one-token steps
-        of one sequence and of every sequence, on empty sequences, which are emptied again."""
-        times: dict[int, list[float]] = {1: [], self.parallel: []}
-        for _ in range(repeats):
-            for width, taken in times.items():
+        of one sequence, then of every sequence, on empty sequences, which are emptied again.
+        The first step of each width is not counted: it builds and allocates that graph."""
+        medians = []
+        for width in (1, self.parallel):
+            taken = []
+            for _ in range(repeats + 1):
                 for seq in range(width):
                     self.add(0, 0, seq, True)
                 started = time.perf_counter()
@@ -122,7 +124,8 @@ class BatchContext:
                 taken.append((time.perf_counter() - started) * 1000)
                 for seq in range(width):
                     self.truncate(seq, 0)
-        one, every = (statistics.median(times[w]) for w in times)
+            medians.append(statistics.median(taken[1:]))
+        one, every = medians
         per_token = max(every - one, 0.0) / max(self.parallel - 1, 1)
         return max(one - per_token, 0.0), per_token
 
