@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from memory.manager import Embedder, MemoryManager
 from memory.store import Client, Store, connect
 from models.errors import Unavailable
+from models.jobs import EngineConfig
 from models.types import ChatModel
 from server import api, api_ui, auth, openai_api, ws
 from server.redis_process import EmbeddedRedis
@@ -106,15 +107,12 @@ async def _wait_for_redis(store: Store) -> None:
             await asyncio.sleep(0.1)
 
 
-def _open_llm(settings: Settings) -> ChatModel:
-    if settings.inference_url:
-        return _open_remote(settings)
-    from models.jobs import EngineConfig
+def engine_config(settings: Settings) -> EngineConfig:
+    """The in-process engine's configuration, from the settings."""
     from models.paths import default_chat_model, resolve
 
-    path = resolve(settings.model, default_chat_model())
-    config = EngineConfig(
-        path,
+    return EngineConfig(
+        resolve(settings.model, default_chat_model()),
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
         flash_attn=settings.flash_attn,
@@ -125,6 +123,12 @@ def _open_llm(settings: Settings) -> ChatModel:
         weights=settings.weights,
         weights_dir=Path(settings.weights_dir) if settings.weights_dir else None,
     )
+
+
+def _open_llm(settings: Settings) -> ChatModel:
+    if settings.inference_url:
+        return _open_remote(settings)
+    config = engine_config(settings)
     if settings.engine == "batched":
         from models.batched_engine import BatchedEngine
 

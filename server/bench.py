@@ -23,7 +23,7 @@ import numpy as np
 from aiohttp import web
 
 from memory.store import DEFAULT_USER, Keys
-from server.app import create_app
+from server.app import create_app, engine_config
 from server.bench_concurrency import bench_concurrency
 from server.runtime import RUNTIME, Runtime
 from server.settings import Settings
@@ -225,14 +225,9 @@ class RawLlama:
         from llama_cpp import Llama
 
         from models.llama_engine import threads
-        from models.paths import default_chat_model, resolve
-        from models.weights import prepare
 
-        weights_dir = Path(settings.weights_dir) if settings.weights_dir else None
         self._llm = Llama(  # the weights the server loads, converted as it converts them
-            model_path=prepare(
-                resolve(settings.model, default_chat_model()), settings.weights, weights_dir
-            ),
+            model_path=engine_config(settings).weights_path(),
             n_ctx=settings.n_ctx,
             n_threads=threads(settings.n_threads),
             n_threads_batch=threads(settings.n_threads),
