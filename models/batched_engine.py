@@ -14,44 +14,30 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
 
 from models.jobs import (
     PREFILL_CHUNK,
-    PRIORITY_CHAT,
     EngineConfig,
     Job,
-    Loading,
+    LocalEngine,
     ReplyText,
     common_prefix,
-    encode,
-    prefill_job,
-    relay,
-    streaming_job,
 )
-from models.kv_cache import KVCache
 from models.llama_batch import BatchContext, Sampler
 from models.slots import Run, Slot, SlotTable
-from models.tokenizer import GGUFTokenizer
-from models.types import CancelToken, ChatMessage, Delta, Finished, FinishReason, SamplingParams
+from models.types import Delta, Finished, FinishReason
 
 log = logging.getLogger(__name__)
 
 
-class BatchedEngine:
+class BatchedEngine(LocalEngine):
     """Generates many replies at once in one llama.cpp context, on a single worker thread."""
 
     def __init__(self, config: EngineConfig) -> None:
-        self.config = config
-        self.n_ctx = config.n_ctx
-        self.tokenizer = GGUFTokenizer(config.model_path)
-        self.kv = KVCache(
-            config.kv_ram_mb << 20, config.kv_dir, config.kv_disk_mb << 20 if config.kv_dir else 0
-        )
+        super().__init__(config)
         self._cond = threading.Condition()
         self._pending: list[Job] = []  # guarded by _cond
         self._closing = False
-        self._loading = Loading()
         self._table: SlotTable | None = None
         self._samplers: dict[int, Sampler] = {}  # by sequence id
         self._outbox: list[tuple[Job, Delta | Finished]] = []  # sent as the next decode starts
@@ -62,48 +48,10 @@ class BatchedEngine:
         self._thread.start()
 
     @property
-    def ready(self) -> bool:
-        """True once the model is loaded and accepting work."""
-        return self._loading.ready
-
-    @property
     def queue_depth(self) -> int:
         """Requests waiting for a sequence."""
         with self._cond:
             return len(self._pending)
-
-    async def wait_ready(self) -> None:
-        """Wait until the model has loaded; raise if loading failed."""
-        await self._loading.wait()
-
-    async def stream(
-        self,
-        messages: list[ChatMessage],
-        params: SamplingParams,
-        cancel: CancelToken,
-        *,
-        priority: int = PRIORITY_CHAT,
-        cache_key: str | None = None,
-    ) -> AsyncIterator[Delta | Finished]:
-        """Yield reply deltas as they are decoded, then one Finished.
-
-        `cache_key` (a conversation id) keeps that conversation's KV state between turns.
-        Background jobs stop ("cancelled") as soon as a chat request arrives.
-        """
-        self._loading.check()
-        tokens = encode(self.tokenizer, messages, self.n_ctx)
-        job, out = streaming_job(tokens, params, cancel, priority, cache_key)
-        self._submit(job)
-        async for item in relay(out):
-            yield item
-
-    async def prefill(self, messages: list[ChatMessage], *, cache_key: str) -> Finished:
-        """Evaluate a prompt prefix into `cache_key`'s staged KV state in the background."""
-        self._loading.check()
-        tokens = encode(self.tokenizer, messages, self.n_ctx, add_generation_prompt=False)
-        job, result = prefill_job(tokens, cache_key, threading.Event())
-        self._submit(job)
-        return await result
 
     def close(self) -> None:
         """Stop the worker once the jobs already submitted are done."""

@@ -96,6 +96,69 @@ class Job:
         return self.priority == PRIORITY_CHAT
 
 
+class LocalEngine:
+    """What both in-process llama.cpp engines share: the tokenizer, the per-conversation KV
+    cache, the load state, and turning a request into a job for the worker thread, which each
+    engine queues in its own way (`_submit`)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        from models.kv_cache import KVCache
+
+        self.config = config
+        self.n_ctx = config.n_ctx
+        self.tokenizer = GGUFTokenizer(config.model_path)
+        self.kv = KVCache(
+            config.kv_ram_mb << 20, config.kv_dir, config.kv_disk_mb << 20 if config.kv_dir else 0
+        )
+        self._loading = Loading()
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and accepting work."""
+        return self._loading.ready
+
+    async def wait_ready(self) -> None:
+        """Wait until the model has loaded; raise if loading failed."""
+        await self._loading.wait()
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        params: SamplingParams,
+        cancel: CancelToken,
+        *,
+        priority: int = PRIORITY_CHAT,
+        cache_key: str | None = None,
+    ) -> AsyncIterator[Delta | Finished]:
+        """Yield reply deltas as they are decoded, then one Finished.
+
+        `cache_key` (a conversation id) keeps that conversation's KV state between turns.
+        Background jobs stop ("cancelled") as soon as a chat request is waiting.
+        """
+        self._loading.check()
+        tokens = encode(self.tokenizer, messages, self.n_ctx)
+        job, out = streaming_job(tokens, params, cancel, priority, cache_key)
+        self._submit(job)
+        async for item in relay(out):
+            yield item
+
+    async def prefill(self, messages: list[ChatMessage], *, cache_key: str) -> Finished:
+        """Evaluate a prompt prefix into `cache_key`'s staged KV state in the background.
+
+        The next reply whose prompt starts with these messages re-evaluates only what follows.
+        It gives way to chat requests; what it evaluated so far is kept.
+        """
+        self._loading.check()
+        tokens = encode(self.tokenizer, messages, self.n_ctx, add_generation_prompt=False)
+        job, result = prefill_job(tokens, cache_key, threading.Event())
+        self._submit(job)
+        return await result
+
+    def _submit(self, job: Job) -> None:
+        """Hand a job to the worker thread."""
+        raise NotImplementedError
+
+
 def encode(
     tokenizer: GGUFTokenizer,
     messages: list[ChatMessage],

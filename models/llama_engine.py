@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,40 +21,29 @@ from models.jobs import (
     PRIORITY_CHAT,
     EngineConfig,
     Job,
-    Loading,
+    LocalEngine,
     ReplyText,
     common_prefix,
-    encode,
     family,
-    prefill_job,
-    relay,
-    streaming_job,
     threads,
 )
-from models.kv_cache import KVCache, KVSnapshot
-from models.tokenizer import GGUFTokenizer
-from models.types import CancelToken, ChatMessage, Delta, Finished, SamplingParams
+from models.kv_cache import KVSnapshot
+from models.types import Delta, Finished
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PRIORITY_BACKGROUND", "PRIORITY_CHAT", "EngineConfig", "LlamaEngine", "threads"]
 
 
-class LlamaEngine:
+class LlamaEngine(LocalEngine):
     """Generates replies with llama-cpp-python on a single worker thread."""
 
     def __init__(self, config: EngineConfig) -> None:
-        self.config = config
-        self.n_ctx = config.n_ctx
-        self.tokenizer = GGUFTokenizer(config.model_path)
+        super().__init__(config)
         self._jobs: queue.PriorityQueue[tuple[int, int, Job | None]] = queue.PriorityQueue()
         self._order = itertools.count()
-        self._loading = Loading()
         self._waiting_lock = threading.Lock()
         self._chat_waiting = 0
-        self.kv = KVCache(
-            config.kv_ram_mb << 20, config.kv_dir, config.kv_disk_mb << 20 if config.kv_dir else 0
-        )
         self._active_key: str | None = None
         self._parked = -1  # n_tokens of the active state when it was last saved while idle
         self._last_chat = 0.0  # monotonic time the last chat job ended
@@ -63,56 +52,17 @@ class LlamaEngine:
         self._thread.start()
 
     @property
-    def ready(self) -> bool:
-        """True once the model is loaded and accepting work."""
-        return self._loading.ready
-
-    @property
     def queue_depth(self) -> int:
         """Requests waiting for the worker."""
         return self._jobs.qsize()
 
-    async def wait_ready(self) -> None:
-        """Wait until the model has loaded; raise if loading failed."""
-        await self._loading.wait()
-
-    async def stream(
-        self,
-        messages: list[ChatMessage],
-        params: SamplingParams,
-        cancel: CancelToken,
-        *,
-        priority: int = PRIORITY_CHAT,
-        cache_key: str | None = None,
-    ) -> AsyncIterator[Delta | Finished]:
-        """Yield reply deltas as they are decoded, then one Finished.
-
-        `cache_key` (a conversation id) lets the engine keep that conversation's KV state
-        between turns. Background jobs stop ("cancelled") as soon as a chat request waits.
-        """
-        self._loading.check()
-        tokens = encode(self.tokenizer, messages, self.n_ctx)
-        job, out = streaming_job(tokens, params, cancel, priority, cache_key)
-        if priority == PRIORITY_CHAT:
+    def _submit(self, job: Job) -> None:
+        if job.chat:
             with self._waiting_lock:
                 self._chat_waiting += 1
-        self._jobs.put((priority, next(self._order), job))
-        if priority == PRIORITY_CHAT:
+        self._jobs.put((job.priority, next(self._order), job))
+        if job.chat:
             self._chat_arrived.set()
-        async for item in relay(out):
-            yield item
-
-    async def prefill(self, messages: list[ChatMessage], *, cache_key: str) -> Finished:
-        """Evaluate a prompt prefix into `cache_key`'s KV state in the background.
-
-        The next reply whose prompt starts with these messages re-evaluates only what follows.
-        It gives way to chat requests between chunks; what it evaluated so far is kept.
-        """
-        self._loading.check()
-        tokens = encode(self.tokenizer, messages, self.n_ctx, add_generation_prompt=False)
-        job, result = prefill_job(tokens, cache_key, threading.Event())
-        self._jobs.put((PRIORITY_BACKGROUND, next(self._order), job))
-        return await result
 
     def close(self) -> None:
         """Stop the worker after the jobs already queued."""
