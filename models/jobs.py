@@ -243,7 +243,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 class ReplyText:
     """A reply's bytes as text: UTF-8 decoded as tokens arrive, and cut before the first of its
-    stop strings; text that may be the start of one is held back until it is clear."""
+    stop strings to be complete; text that may be the start of one is held back until it is
+    clear."""
 
     def __init__(self, stops: tuple[str, ...] = ()) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -256,10 +257,13 @@ class ReplyText:
         if self.stopped:
             return ""
         text = self._held + self._decoder.decode(piece)
-        found = [i for i in (text.find(s) for s in self._stops) if i >= 0]
-        if found:
+        ends = [i + len(s) for s, i in ((s, text.find(s)) for s in self._stops) if i >= 0]
+        if ends:
+            # The reply ends where the first stop string is complete, as if the text had come
+            # one character at a time, so how it was split into tokens does not matter.
+            done = text[: min(ends)]
             self.stopped, self._held = True, ""
-            return text[: min(found)]
+            return done[: min(i for i in (done.find(s) for s in self._stops) if i >= 0)]
         keep = max((_started(text, s) for s in self._stops), default=0)
         self._held = text[len(text) - keep :]
         return text[: len(text) - keep]

@@ -59,9 +59,21 @@ def test_shown_text_is_the_text_before_the_first_stop_however_it_is_split(
     bounds = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
     pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
     shown, stopped = _shown(pieces, tuple(stops))
-    first = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    assert "".join(shown) == (text if first < 0 else text[:first])
+    # The reply is over at the shortest start of the text that holds a stop string, and shows
+    # that start cut before the first stop string in it.
+    ends = [text.find(s) + len(s) for s in stops if s in text]
+    done = text[: min(ends)] if ends else text
+    first = min((i for i in (done.find(s) for s in stops) if i >= 0), default=-1)
+    assert "".join(shown) == (done if first < 0 else done[:first])
     assert stopped == (first >= 0)
+
+
+def test_a_stop_string_that_ends_first_wins_even_inside_a_longer_one() -> None:
+    # ':é:' starts earlier but 'é' is complete first: the reply is over at 'é', in one piece or
+    # split anywhere.
+    for pieces in ([":é:".encode()], [":é".encode(), b":"], [b":", "é:".encode()]):
+        shown, stopped = _shown(pieces, ("é", ":é:"))
+        assert ("".join(shown), stopped) == (":", True), pieces
 
 
 @pytest.fixture(scope="module", params=["batched", "simple"])
