@@ -87,11 +87,24 @@ def prepare(path: str, choice: str = "auto", cache_dir: Path | None = None) -> s
 
 
 def _cached_name(source: Path, choice: str, folder: Path) -> Path:
-    """A name that changes whenever the source file does (path, size, modification time)."""
-    real = source.resolve()
-    stat = real.stat()
-    tag = hashlib.sha256(f"{real}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-    return folder / f"{real.stem}.{tag[:12]}.{choice}.gguf"
+    """A name that changes with the source file's content, not with where it is installed: a
+    new virtual environment holding the same model reuses the copy instead of adding one."""
+    return folder / f"{source.stem}.{_fingerprint(source)}.{choice}.gguf"
+
+
+def _fingerprint(path: Path, samples: int = 16, block: int = 1 << 16) -> str:
+    """A digest of the file's size, its first MiB (the GGUF header and vocabulary), its last
+    MiB and blocks spread between: cheap for large files, and it tells apart models of the
+    same size and format whose weights differ."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        digest.update(str(size).encode())
+        spots = [0, max(0, size - (1 << 20))] + [size * i // samples for i in range(1, samples)]
+        for spot in spots:
+            f.seek(spot)
+            digest.update(f.read(1 << 20 if spot in spots[:2] else block))
+    return digest.hexdigest()[:12]
 
 
 def _convert(source: str, target: Path, ftype: int) -> None:

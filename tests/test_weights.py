@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,22 @@ def test_a_converted_copy_is_reused_and_a_fast_format_is_kept(converted: str) ->
     assert prepare(converted, "auto", Path(converted).parent) == converted, "already Q8_0"
     assert prepare(converted, "q8_0", Path(converted).parent) == converted
     assert not list(Path(converted).parent.glob("*.part")), "no partial files left"
+
+
+def test_the_same_model_installed_elsewhere_reuses_the_copy(converted: str, tmp_path: Path) -> None:
+    """A new virtual environment (another path, a new modification time) holding the same
+    model must not add another copy to the cache; a model whose weights differ gets its own."""
+    elsewhere = tmp_path / "venv2" / Path(SOURCE).name
+    elsewhere.parent.mkdir()
+    shutil.copyfile(SOURCE, elsewhere)
+    folder = Path(converted).parent
+    before = sorted(folder.iterdir())
+    assert prepare(str(elsewhere), "auto", folder) == converted
+    assert sorted(folder.iterdir()) == before
+    data = bytearray(elsewhere.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one weight byte changed
+    elsewhere.write_bytes(bytes(data))
+    assert weights._cached_name(elsewhere, "q8_0", folder) != Path(converted)
 
 
 def test_auto_keeps_a_big_model_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
