@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -34,6 +35,7 @@ from models.errors import NotFound
 from models.types import ChatMessage, Tokenizer
 
 Vectors = npt.NDArray[np.float32]
+log = logging.getLogger(__name__)
 
 RECENT_FETCH = 64  # newest turns considered for the recent window
 RECENT_SHARE = 0.1  # of the history budget, kept for the newest turns once recall is needed
@@ -337,8 +339,8 @@ class MemoryManager:
         if not messages:
             return
         if self.embedder is not None:
-            vectors = await self.embedder.embed([line_text(m) for m in messages])
-            await self.store.add_vectors(user, cid, [m.seq for m in messages], vectors)
+            await self._embed(user, cid, messages)
+            messages = [*messages, *await self._missed(user, cid, messages)]
         try:
             index = await self.indexes.get(user, cid)
         except NotFound:
@@ -346,6 +348,25 @@ class MemoryManager:
         for m in messages:
             if m.seq in index.messages:
                 self._line(index, m.seq, 0.0)
+
+    async def _embed(self, user: str, cid: str, messages: list[Message]) -> None:
+        assert self.embedder is not None
+        vectors = await self.embedder.embed([line_text(m) for m in messages])
+        await self.store.add_vectors(user, cid, [m.seq for m in messages], vectors)
+
+    async def _missed(self, user: str, cid: str, indexed: list[Message]) -> list[Message]:
+        """Embed earlier turns whose own indexing was lost (an embedding that finished while
+        Redis was down is dropped with the background task): the first turn indexed after the
+        outage repairs them. Returns them."""
+        own = {m.seq for m in indexed}
+        seqs = [s for s in await self.store.unindexed(user, cid, max(own)) if s not in own]
+        if not seqs:
+            return []
+        log.info("indexing %d earlier turns of %s that have no vector", len(seqs), cid)
+        missed = await self.store.messages_by_seq(user, cid, seqs)
+        for lo in range(0, len(missed), 64):
+            await self._embed(user, cid, missed[lo : lo + 64])
+        return missed
 
     async def build_turn(
         self,

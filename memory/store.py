@@ -56,6 +56,26 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for i = 1, #ARGV, 2 do redis.call('VADD', KEYS[2], 'FP32', ARGV[i], ARGV[i + 1]) end
 return 1
 """
+# Seqs up to ARGV[1] stored without a vector. The counts are compared first (turns newer than
+# ARGV[1], whose embedding may still be under way, left out of both), so a conversation whose
+# turns all have vectors costs a few calls, not a scan.
+_UNINDEXED = """
+local upto = tonumber(ARGV[1])
+local newer_stored, newer_indexed = 0, 0
+for seq = upto + 1, tonumber(redis.call('HGET', KEYS[1], 'next_seq') or '0') do
+  newer_stored = newer_stored + redis.call('HEXISTS', KEYS[2], tostring(seq))
+  newer_indexed = newer_indexed + redis.call('VISMEMBER', KEYS[3], tostring(seq))
+end
+local stored = redis.call('HLEN', KEYS[2]) - newer_stored
+if redis.call('VCARD', KEYS[3]) - newer_indexed >= stored then return {} end
+local out = {}
+for _, seq in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if tonumber(seq) <= upto and redis.call('VISMEMBER', KEYS[3], seq) == 0 then
+    out[#out + 1] = seq
+  end
+end
+return out
+"""
 _PUT_SUMMARY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if tonumber(redis.call('HGET', KEYS[2], 'version') or '0') ~= tonumber(ARGV[1]) then return 0 end
@@ -241,6 +261,7 @@ class Store:
     def __init__(self, redis: Client) -> None:
         self.redis = redis
         self._add_vectors = redis.register_script(_ADD_VECTORS)
+        self._unindexed = redis.register_script(_UNINDEXED)
         self._put_summary = redis.register_script(_PUT_SUMMARY)
         self._unlock = redis.register_script(_UNLOCK)
         self._set_if_conversation = redis.register_script(_SET_IF_CONVERSATION)
@@ -399,6 +420,15 @@ class Store:
             args += [_blob(vec), str(seq)]
         added = await self._add_vectors(keys=[keys.conversation(cid), keys.vectors(cid)], args=args)
         return bool(added)
+
+    async def unindexed(self, user: str, cid: str, upto: int) -> list[int]:
+        """Seqs up to `upto` that are stored but have no vector: their embedding failed (Redis
+        was down when it finished, say) and was dropped."""
+        keys = Keys(user)
+        raw = await self._unindexed(
+            keys=[keys.conversation(cid), keys.messages(cid), keys.vectors(cid)], args=[upto]
+        )
+        return sorted(int(_text(seq)) for seq in raw)
 
     async def similar(
         self, user: str, cid: str, vector: npt.NDArray[np.float32], k: int

@@ -10,10 +10,11 @@ import pytest
 from aiohttp import ClientWebSocketResponse
 from redis.asyncio import Redis
 
-from memory.store import Store
+from memory.manager import MemoryManager
+from memory.store import Keys, Store
 from server.app import create_app
 from server.settings import Settings
-from tests.fakes import FakeEmbedder, FakeLLM
+from tests.fakes import FakeEmbedder, FakeLLM, FakeTokenizer
 from tests.redis_server import RedisServer
 from tests.wsutil import MakeClient, chat, collect, drain
 
@@ -99,3 +100,44 @@ async def test_a_torn_aof_tail_loses_the_last_write_whole_never_half(
     assert [m.text for m in await store.messages(USER, cid)][-1] == "after the power cut"
     assert again.seq > stored[-1].seq
     await redis.aclose()
+
+
+class _FlakyStore(Store):
+    """A store whose vector writes fail while `down` is set, as they do when Redis is."""
+
+    down = False
+
+    async def add_vectors(self, user: str, cid: str, seqs: Any, vectors: Any) -> bool:
+        if self.down:
+            raise ConnectionError("Connection refused")
+        return await super().add_vectors(user, cid, seqs, vectors)
+
+
+async def test_turns_whose_vectors_were_lost_are_indexed_with_the_next_turn(
+    redis: Redis,
+) -> None:
+    store = _FlakyStore(redis)
+    memory = MemoryManager(store, FakeTokenizer(), FakeEmbedder())
+    cid = (await store.create_conversation(USER)).id
+
+    async def said(role: str, text: str) -> Any:
+        return await memory.record(USER, cid, role, text)
+
+    await memory.index(USER, cid, [await said("user", "My cat Miso likes tuna")])
+    lost = [await said("user", "I moved to Lisbon in May"), await said("assistant", "Lisbon!")]
+    store.down = True
+    with pytest.raises(ConnectionError):
+        await memory.index(USER, cid, lost)  # the background task fails and is dropped
+    store.down = False
+    after = await said("user", "What should I cook tonight?")
+    in_flight = await said("assistant", "Tuna pasta?")  # its own indexing is still to come
+
+    await memory.index(USER, cid, [after])
+    member = [
+        await redis.execute_command("VISMEMBER", Keys(USER).vectors(cid), str(seq))
+        for seq in range(1, 6)
+    ]
+    assert member == [1, 1, 1, 1, 0], "the lost turns 2 and 3 indexed; turn 5 left to its own"
+    assert await store.unindexed(USER, cid, in_flight.seq) == [in_flight.seq]
+    [lisbon] = await FakeEmbedder().embed(["Lisbon"])
+    assert 2 in [hit.seq for hit in await store.similar(USER, cid, lisbon, 2)]
