@@ -33,15 +33,18 @@ def add_commands(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the interactive client until end of input, /quit, or Ctrl+C at the prompt."""
     key = args.api_key or os.environ.get(KEY_ENV, "")
-    return asyncio.run(main(ws_url(args.url), args.conversation, key))
+    return asyncio.run(main(ws_url(args.url, args.conversation), args.conversation, key))
 
 
-def ws_url(url: str) -> str:
-    """The websocket URL for a server URL: http(s) becomes ws(s), an empty path /ws."""
+def ws_url(url: str, conversation: str | None = None) -> str:
+    """The websocket URL for a server URL: http(s) becomes ws(s), an empty path /ws. A
+    conversation to continue goes on it too (`?conversation=`), so that a proxy in front of
+    several replicas (deploy/nginx.conf) sends it where its KV cache is warm."""
     parsed = URL(url)
     scheme = {"http": "ws", "https": "wss"}.get(parsed.scheme, parsed.scheme)
     path = parsed.path if parsed.path not in ("", "/") else "/ws"
-    return str(parsed.with_scheme(scheme).with_path(path))
+    out = parsed.with_scheme(scheme).with_path(path).with_query(parsed.query)
+    return str(out.update_query(conversation=conversation) if conversation else out)
 
 
 class ChatClient:

@@ -87,6 +87,8 @@ def test_server_urls_become_websocket_urls() -> None:
     assert ws_url("http://127.0.0.1:8080") == "ws://127.0.0.1:8080/ws"
     assert ws_url("https://chat.example.org/") == "wss://chat.example.org/ws"
     assert ws_url("ws://127.0.0.1:9000/ws") == "ws://127.0.0.1:9000/ws"
+    assert ws_url("http://proxy:8090", "c42") == "ws://proxy:8090/ws?conversation=c42"
+    assert ws_url("http://h/ws?k=v", "c42") == "ws://h/ws?k=v&conversation=c42"
 
 
 async def test_lines_stream_replies_in_one_conversation(server: TestServer, llm: FakeLLM) -> None:
