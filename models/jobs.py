@@ -22,6 +22,11 @@ STAGED = "\x00next"  # suffix of the key a conversation's prefilled next prefix 
 PREFILL_CHUNK = 32  # background tokens between checks for waiting chat requests
 
 
+# K cache types offered (ggml type ids). Q8_0 halves the K cache and, without flash attention,
+# reads a prompt deep in a long context faster on CPU (scripts/bench_depth.py, BENCHMARKS.md).
+KV_TYPES = {"f16": 1, "q8_0": 8}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How to open the GGUF model, and how much KV state to keep per conversation."""
@@ -30,6 +35,7 @@ class EngineConfig:
     n_ctx: int = 4096  # per conversation: the batched engine gives every sequence this many
     n_threads: int = 0  # 0: every core (llama-cpp-python's own default is half of them)
     flash_attn: bool = True  # faster prompt evaluation and decoding on CPU (see BENCHMARKS.md)
+    cache_type_k: str = "f16"  # the K cache's type: "f16", or "q8_0" (see KV_TYPES)
     n_batch: int = N_BATCH
     kv_ram_mb: int = 1024
     kv_disk_mb: int = 4096
@@ -40,6 +46,12 @@ class EngineConfig:
     max_gap: int = -1  # batched engine: idle sequences padded between replies (-1: measured)
     weights: str = "auto"  # models/weights.py: "keep", "auto" or a format to convert into
     weights_dir: Path | None = None  # where converted weights are cached (None: user cache)
+
+    def type_k(self) -> int:
+        """The K cache's ggml type id, for llama.cpp's context parameters."""
+        if self.cache_type_k not in KV_TYPES:
+            raise ValueError(f"cache_type_k must be one of {', '.join(KV_TYPES)}")
+        return KV_TYPES[self.cache_type_k]
 
     def weights_path(self) -> str:
         """The file to load: model_path, or its converted copy (made on first use)."""

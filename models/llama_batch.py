@@ -96,6 +96,7 @@ class BatchContext:
         params.n_threads = params.n_threads_batch = threads(config.n_threads)
         flash = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn else 0  # 0: disabled
         params.flash_attn_type = flash
+        params.type_k = config.type_k()
         self.ctx = ll.llama_init_from_model(self.model, params)
         if not self.ctx:
             ll.llama_model_free(self.model)

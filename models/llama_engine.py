@@ -161,6 +161,7 @@ class LlamaEngine(LocalEngine):
             n_threads=threads(self.config.n_threads),
             n_threads_batch=threads(self.config.n_threads),
             flash_attn=self.config.flash_attn,
+            type_k=self.config.type_k(),
             verbose=False,
         )
 

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -125,15 +126,17 @@ def _convert(source: str, target: Path, ftype: int) -> None:
         partial.unlink(missing_ok=True)
 
 
-def log_probs(path: str, tokens: list[int]) -> npt.NDArray[np.float64]:
+def log_probs(path: str, tokens: list[int], **context: Any) -> npt.NDArray[np.float64]:
     """Next-token log-probabilities after each of `tokens`, read in one batch (teacher-forced):
-    what a conversion is compared on (tests/test_weights.py, scripts/bench_decode_steps.py)."""
+    what a conversion or a context setting (`context`: EngineConfig fields) is compared on
+    (tests/test_weights.py, scripts/bench_decode_steps.py)."""
     import llama_cpp as ll
 
     from models.jobs import EngineConfig
     from models.llama_batch import BatchContext
 
-    ctx = BatchContext(EngineConfig(path, n_ctx=max(512, len(tokens)), parallel=1, weights="keep"))
+    config = EngineConfig(path, n_ctx=max(512, len(tokens)), parallel=1, weights="keep", **context)
+    ctx = BatchContext(config)
     try:
         for pos, token in enumerate(tokens):
             ctx.add(token, pos, 0, True)

@@ -116,6 +116,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
         flash_attn=settings.flash_attn,
+        cache_type_k=settings.cache_type_k,
         kv_ram_mb=settings.kv_ram_mb,
         kv_disk_mb=settings.kv_disk_mb,
         kv_dir=settings.data_dir / "kv",

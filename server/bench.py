@@ -232,6 +232,7 @@ class RawLlama:
             n_threads=threads(settings.n_threads),
             n_threads_batch=threads(settings.n_threads),
             flash_attn=settings.flash_attn,
+            type_k=engine_config(settings).type_k(),
             verbose=False,
         )
         self._lock = threading.Lock()

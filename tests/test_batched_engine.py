@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,6 +242,31 @@ async def test_cancelling_one_reply_leaves_the_others_streaming(batched: Batched
 async def test_conversations_keep_their_kv_across_turns_and_evictions(
     batched: BatchedEngine,
 ) -> None:
+    await _kv_survives_turns_and_evictions(batched)
+
+
+@pytest.mark.integration
+async def test_a_q8_0_k_cache_survives_turns_and_evictions_too(tmp_path: Path) -> None:
+    """--cache-type-k q8_0 without flash attention: parked and restored states are the real
+    ones, as with the default f16 cache."""
+    config = EngineConfig(
+        str(default_chat_model()),
+        n_ctx=TEST_CTX,
+        n_threads=2,
+        parallel=SLOTS,
+        idle_grace_s=0.2,
+        kv_dir=tmp_path,
+        flash_attn=False,
+        cache_type_k="q8_0",
+    )
+    engine = BatchedEngine(config)
+    try:
+        await _kv_survives_turns_and_evictions(engine)
+    finally:
+        engine.close()
+
+
+async def _kv_survives_turns_and_evictions(batched: BatchedEngine) -> None:
     await batched.wait_ready()
     convs = {
         f"conv-{i}": [ChatMessage("system", "You are brief.")]

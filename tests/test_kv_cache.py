@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.jobs import EngineConfig
 from models.kv_cache import KVCache, KVSnapshot
 from models.llama_engine import LlamaEngine
+from models.paths import default_chat_model
 from models.types import ChatMessage, Finished, SamplingParams
+from tests.conftest import TEST_CTX
 
 
 def _snap(n_tokens: int, payload: int, fill: int = 1) -> KVSnapshot:
@@ -80,6 +83,31 @@ async def _ask(engine: LlamaEngine, messages: list[ChatMessage], key: str) -> Fi
 
 @pytest.mark.integration
 async def test_alternating_conversations_keep_their_kv_state(engine: LlamaEngine) -> None:
+    await _alternate(engine)
+
+
+@pytest.mark.integration
+async def test_a_q8_0_k_cache_keeps_kv_state_on_the_simple_engine_too() -> None:
+    """And the parked state is smaller than the f16 cache's: the setting reached llama.cpp."""
+    per_token = {}
+    for type_k in ("f16", "q8_0"):
+        config = EngineConfig(
+            str(default_chat_model()), n_ctx=TEST_CTX, n_threads=2, flash_attn=False,
+            cache_type_k=type_k,
+        )  # fmt: skip
+        engine = LlamaEngine(config)
+        try:
+            await _alternate(engine)
+            parked = engine.kv.take("kv-a")
+            assert parked is not None
+            per_token[type_k] = parked.data.nbytes / len(parked.tokens)
+        finally:
+            engine.close()
+    # K and V take the same room in f16; Q8_0 stores K in 34 bytes a 32 values instead of 64.
+    assert per_token["q8_0"] / per_token["f16"] < 0.8, per_token
+
+
+async def _alternate(engine: LlamaEngine) -> None:
     await engine.wait_ready()
     convs = {
         key: [ChatMessage("system", "You are brief.")]

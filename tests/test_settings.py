@@ -85,6 +85,7 @@ def test_api_keys_come_from_the_environment_and_a_file(tmp_path: Path) -> None:
         ({"MEMCHAT_API_KEYS_FILE": "/no/such/file"}, "cannot read the API keys file"),
         ({"MEMCHAT_ALLOW_UNAUTHENTICATED": "maybe"}, "true or false"),
         ({"MEMCHAT_WEIGHTS": "q3_k"}, "weights must be one of auto, keep, q8_0"),
+        ({"MEMCHAT_CACHE_TYPE_K": "q4_0"}, "cache_type_k must be one of f16, q8_0, not 'q4_0'"),
     ],
 )
 def test_bad_access_settings_say_what_is_wrong(env: dict[str, str], message: str) -> None:

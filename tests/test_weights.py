@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from models import weights
+from models.jobs import KV_TYPES
 from models.paths import default_chat_model
 from models.tokenizer import GGUFTokenizer
 from models.weights import FORMATS, file_type, log_probs, prepare
@@ -100,6 +101,21 @@ def test_the_converted_model_predicts_as_the_original_does(converted: str) -> No
     assert kl.mean() < 0.02, f"mean KL {kl.mean():.4f}"
     agree = (original.argmax(axis=1) == copy.argmax(axis=1)).mean()
     assert agree > 0.9, f"top-1 agreement {agree:.3f}"
+
+
+@pytest.mark.parametrize("flash_attn", [False, True])
+def test_a_q8_0_k_cache_predicts_as_an_f16_one_does(converted: str, flash_attn: bool) -> None:
+    """The K cache in Q8_0 (--cache-type-k q8_0) changes attention only by rounding; a K cache
+    in Q4_0, which llama.cpp also takes, fails this (the check can fail)."""
+    tokens = GGUFTokenizer(SOURCE).encode(TEXT)
+    f16 = log_probs(converted, tokens, flash_attn=flash_attn)
+    for type_k, passes in (("q8_0", True), ("q4_0", False)):
+        kv_types = {**KV_TYPES, "q4_0": 2}  # Q4_0 is not offered; here it shows the check bites
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("models.jobs.KV_TYPES", kv_types)
+            other = log_probs(converted, tokens, flash_attn=flash_attn, cache_type_k=type_k)
+        kl = float((np.exp(f16) * (f16 - other)).sum(axis=1).mean())
+        assert (kl < 0.02) == passes, f"{type_k}: mean KL {kl:.4f}"
 
 
 def test_a_file_that_is_not_a_model_is_named_in_the_error(tmp_path: Path) -> None:
