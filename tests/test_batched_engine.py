@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,17 +132,21 @@ def test_parking_saves_the_next_victim_once() -> None:
 @pytest.fixture(scope="module")
 def batched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchedEngine]:
     """A real SmolLM2 batched engine with fewer slots than the tests' conversations."""
-    config = EngineConfig(
+    engine = BatchedEngine(_config(tmp_path_factory.mktemp("kv")))
+    yield engine
+    engine.close()
+
+
+def _config(kv_dir: Path, **options: Any) -> EngineConfig:
+    return EngineConfig(
         str(default_chat_model()),
         n_ctx=TEST_CTX,
         n_threads=2,
         parallel=SLOTS,
         idle_grace_s=0.2,
-        kv_dir=tmp_path_factory.mktemp("kv"),
+        kv_dir=kv_dir,
+        **options,
     )
-    engine = BatchedEngine(config)
-    yield engine
-    engine.close()
 
 
 def _messages(text: str) -> list[ChatMessage]:
@@ -249,17 +254,7 @@ async def test_conversations_keep_their_kv_across_turns_and_evictions(
 async def test_a_q8_0_k_cache_survives_turns_and_evictions_too(tmp_path: Path) -> None:
     """--cache-type-k q8_0 without flash attention: parked and restored states are the real
     ones, as with the default f16 cache."""
-    config = EngineConfig(
-        str(default_chat_model()),
-        n_ctx=TEST_CTX,
-        n_threads=2,
-        parallel=SLOTS,
-        idle_grace_s=0.2,
-        kv_dir=tmp_path,
-        flash_attn=False,
-        cache_type_k="q8_0",
-    )
-    engine = BatchedEngine(config)
+    engine = BatchedEngine(_config(tmp_path, flash_attn=False, cache_type_k="q8_0"))
     try:
         await _kv_survives_turns_and_evictions(engine)
     finally:
