@@ -34,11 +34,8 @@ class EngineConfig:
     model_path: str
     n_ctx: int = 4096  # per conversation: the batched engine gives every sequence this many
     n_threads: int = 0  # 0: every core (llama-cpp-python's own default is half of them)
-    # Without flash attention and with a Q8_0 K cache, llama.cpp on CPU reads a turn's prompt
-    # deep in a long conversation 30-45% faster and decodes there as fast or faster; flash
-    # attention only wins near an empty context (BENCHMARKS.md, scripts/bench_depth.py).
-    flash_attn: bool = False
-    cache_type_k: str = "q8_0"  # the K cache's type: "f16", or "q8_0" (see KV_TYPES)
+    flash_attn: bool = True  # faster prompt evaluation and decoding on CPU (see BENCHMARKS.md)
+    cache_type_k: str = "f16"  # the K cache's type: "f16", or "q8_0" (see KV_TYPES)
     n_batch: int = N_BATCH
     kv_ram_mb: int = 1024
     kv_disk_mb: int = 4096

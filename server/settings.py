@@ -45,8 +45,8 @@ class Settings:
     data_dir: Path = Path("data")
     n_ctx: int = 4096
     n_threads: int = 0  # 0: every core
-    flash_attn: bool = False  # see models/jobs.py EngineConfig
-    cache_type_k: str = "q8_0"  # models/jobs.py KV_TYPES
+    flash_attn: bool = True
+    cache_type_k: str = "f16"  # models/jobs.py KV_TYPES
     reply_tokens: int = 512
     max_message_chars: int = 16_000
     system_prompt: str = "You are a helpful assistant."
@@ -98,8 +98,8 @@ _HELP = {
     "n_ctx": "model context size in tokens",
     "n_threads": "llama.cpp threads (0: every core)",
     "flash_attn": "llama.cpp flash attention (true/false)",
-    "cache_type_k": "llama.cpp K cache type: q8_0 (half the K cache's memory; with flash_attn "
-    "false, faster first tokens deep in long conversations on CPU) or f16",
+    "cache_type_k": "llama.cpp K cache type: f16, or q8_0 (half the K cache; with flash_attn "
+    "false, faster first tokens deep in long conversations on CPU)",
     "reply_tokens": "tokens reserved for each reply",
     "max_message_chars": "longest accepted user message, in characters",
     "system_prompt": "system prompt of new conversations",

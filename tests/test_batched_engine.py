@@ -251,12 +251,10 @@ async def test_conversations_keep_their_kv_across_turns_and_evictions(
 
 
 @pytest.mark.integration
-async def test_an_f16_k_cache_with_flash_attention_survives_turns_and_evictions_too(
-    tmp_path: Path,
-) -> None:
-    """The other attention setting (--flash-attn true --cache-type-k f16): parked and restored
-    states are the real ones there too."""
-    engine = BatchedEngine(_config(tmp_path, flash_attn=True, cache_type_k="f16"))
+async def test_a_q8_0_k_cache_survives_turns_and_evictions_too(tmp_path: Path) -> None:
+    """--cache-type-k q8_0 without flash attention: parked and restored states are the real
+    ones, as with the default f16 cache."""
+    engine = BatchedEngine(_config(tmp_path, flash_attn=False, cache_type_k="q8_0"))
     try:
         await _kv_survives_turns_and_evictions(engine)
     finally:
