@@ -364,8 +364,7 @@ class MemoryManager:
             return []
         log.info("indexing %d earlier turns of %s that have no vector", len(seqs), cid)
         missed = await self.store.messages_by_seq(user, cid, seqs)
-        for lo in range(0, len(missed), 64):
-            await self._embed(user, cid, missed[lo : lo + 64])
+        await self._embed(user, cid, missed)
         return missed
 
     async def build_turn(

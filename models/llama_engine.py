@@ -71,7 +71,7 @@ class LlamaEngine(LocalEngine):
 
     def _run(self) -> None:
         try:
-            llm = self._open()
+            llm = open_llama(self.config)
         except Exception as e:  # reported through wait_ready / health
             self._loading.finished(e)
             return
@@ -151,19 +151,21 @@ class LlamaEngine(LocalEngine):
             return lambda: False
         return lambda: self._chat_waiting > 0
 
-    def _open(self) -> Any:
-        from llama_cpp import Llama
 
-        return Llama(
-            model_path=self.config.weights_path(),
-            n_ctx=self.config.n_ctx,
-            n_batch=self.config.n_batch,
-            n_threads=threads(self.config.n_threads),
-            n_threads_batch=threads(self.config.n_threads),
-            flash_attn=self.config.flash_attn,
-            type_k=self.config.type_k(),
-            verbose=False,
-        )
+def open_llama(config: EngineConfig) -> Any:
+    """A llama-cpp-python Llama as the simple engine opens it (also the bench's baseline)."""
+    from llama_cpp import Llama
+
+    return Llama(
+        model_path=config.weights_path(),
+        n_ctx=config.n_ctx,
+        n_batch=config.n_batch,
+        n_threads=threads(config.n_threads),
+        n_threads_batch=threads(config.n_threads),
+        flash_attn=config.flash_attn,
+        type_k=config.type_k(),
+        verbose=False,
+    )
 
 
 def _generate(llm: Any, job: Job, n_ctx: int, preempted: Callable[[], bool]) -> Finished:

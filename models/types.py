@@ -29,7 +29,7 @@ class SamplingParams:
     min_p: float = 0.05
     repeat_penalty: float = 1.1
     seed: int | None = None
-    stop: tuple[str, ...] = ()  # the reply ends before the first of these it would contain
+    stop: tuple[str, ...] = ()  # the reply ends at the first of these to be complete, cut before it
 
 
 @dataclass(frozen=True)

@@ -101,10 +101,11 @@ def _fingerprint(path: Path, samples: int = 16, block: int = 1 << 16) -> str:
     with path.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
         digest.update(str(size).encode())
-        spots = [0, max(0, size - (1 << 20))] + [size * i // samples for i in range(1, samples)]
-        for spot in spots:
+        ends = [(0, 1 << 20), (max(0, size - (1 << 20)), 1 << 20)]
+        between = [(size * i // samples, block) for i in range(1, samples)]
+        for spot, length in ends + between:
             f.seek(spot)
-            digest.update(f.read(1 << 20 if spot in spots[:2] else block))
+            digest.update(f.read(length))
     return digest.hexdigest()[:12]
 
 

@@ -222,19 +222,10 @@ class RawLlama:
     """llama-cpp-python on its own, with the server's settings: the baseline."""
 
     def __init__(self, settings: Settings) -> None:
-        from llama_cpp import Llama
+        from models.llama_engine import open_llama
 
-        from models.llama_engine import threads
-
-        self._llm = Llama(  # the weights the server loads, converted as it converts them
-            model_path=engine_config(settings).weights_path(),
-            n_ctx=settings.n_ctx,
-            n_threads=threads(settings.n_threads),
-            n_threads_batch=threads(settings.n_threads),
-            flash_attn=settings.flash_attn,
-            type_k=engine_config(settings).type_k(),
-            verbose=False,
-        )
+        # The weights the server loads (converted as it converts them), with its settings.
+        self._llm = open_llama(engine_config(settings))
         self._lock = threading.Lock()
 
     def prompt_tokens(self, rt: Runtime, messages: list[tuple[str, str]]) -> list[int]:
